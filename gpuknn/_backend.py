@@ -1,0 +1,102 @@
+"""Array-module handling: the only module that imports CuPy, and only lazily.
+
+Everything else in gpuknn receives an ``xp`` handle (``numpy`` or ``cupy``) and
+calls array functions through it, so the CPU and GPU paths share one code path.
+"""
+
+from __future__ import annotations
+
+import functools
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from gpuknn.errors import DeviceError
+
+DEVICES = ("auto", "cpu", "gpu")
+
+
+@functools.lru_cache(maxsize=1)
+def _cupy() -> ModuleType | None:
+    """Return the cupy module when it imports and sees a CUDA device, else None."""
+    try:
+        import cupy  # noqa: PLC0415 - CuPy is optional and imported only here
+    except Exception:
+        return None
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            return None
+    except Exception:
+        return None
+    return cupy
+
+
+def has_gpu() -> bool:
+    """Whether CuPy is installed and a CUDA device is visible (cached)."""
+    return _cupy() is not None
+
+
+def resolve_device(device: str) -> str:
+    """Turn ``"auto" | "cpu" | "gpu"`` into ``"cpu"`` or ``"gpu"``.
+
+    Raises
+    ------
+    DeviceError
+        For an unknown name, or ``"gpu"`` when no GPU is usable.
+    """
+    if device not in DEVICES:
+        raise DeviceError(f"device must be one of {', '.join(DEVICES)}; got {device!r}")
+    if device == "auto":
+        return "gpu" if has_gpu() else "cpu"
+    if device == "gpu" and not has_gpu():
+        raise DeviceError(
+            "device='gpu' was requested but no GPU is usable: install the 'gpu' extra "
+            "(cupy-cuda12x) and check that a CUDA device is visible, or use device='cpu'"
+        )
+    return device
+
+
+def array_module(device: str) -> ModuleType:
+    """The array module for a resolved device name (``"cpu"`` or ``"gpu"``)."""
+    if device == "gpu":
+        cupy = _cupy()
+        if cupy is None:
+            raise DeviceError("no GPU is usable on this machine")
+        return cupy
+    return np
+
+
+def get_xp(array: Any) -> ModuleType:
+    """The array module that owns ``array``: cupy for a cupy array, else numpy."""
+    module = type(array).__module__
+    if module.startswith("cupy"):
+        cupy = _cupy()
+        if cupy is not None:
+            return cupy
+    return np
+
+
+def to_host(array: Any) -> np.ndarray:
+    """Copy ``array`` to host memory as a numpy array (no copy for numpy input)."""
+    if isinstance(array, np.ndarray):
+        return array
+    if hasattr(array, "get"):
+        return array.get()
+    return np.asarray(array)
+
+
+def to_device(array: Any, xp: ModuleType, dtype: Any = None) -> Any:
+    """Move ``array`` into the memory of ``xp`` (numpy or cupy), optionally casting."""
+    if xp is np:
+        return np.asarray(to_host(array), dtype=dtype)
+    return xp.asarray(array, dtype=dtype)
+
+
+def device_name(xp: ModuleType) -> str:
+    """A short human-readable description of where ``xp`` computes."""
+    if xp is np:
+        return "cpu"
+    props = xp.cuda.runtime.getDeviceProperties(xp.cuda.Device().id)
+    name = props["name"]
+    return f"gpu ({name.decode() if isinstance(name, bytes) else name})"

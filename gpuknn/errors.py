@@ -1,0 +1,56 @@
+"""Exception types.
+
+Every error caused by a user (bad hyperparameters, bad data, a broken model
+file) derives from :class:`ClientError`, itself a :class:`ValueError`, so that the
+training container can turn it into a failure reason and the server into a 4xx
+answer, while internal faults stay distinguishable.
+"""
+
+from __future__ import annotations
+
+
+class GpuknnError(Exception):
+    """Base class of every error raised on purpose by gpuknn."""
+
+
+class ClientError(GpuknnError, ValueError):
+    """A mistake in what the user supplied: parameters, data or files."""
+
+    status_code = 400
+
+
+class HyperparameterError(ClientError):
+    """One or more hyperparameters are invalid.
+
+    Attributes
+    ----------
+    problems : list of str
+        One line per problem, each naming the hyperparameter, what is allowed
+        and what was given.
+    """
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        count = len(self.problems)
+        header = f"{count} invalid hyperparameter{'s' if count > 1 else ''}:"
+        super().__init__("\n".join([header, *(f"  - {p}" for p in self.problems)]))
+
+
+class DataError(ClientError):
+    """Input data that cannot be used (wrong shape, NaN, too few rows...)."""
+
+
+class ModelFileError(ClientError):
+    """A saved model that is missing, corrupt, truncated or of another version."""
+
+
+class DeviceError(ClientError):
+    """A device was requested that this machine cannot provide."""
+
+
+class NotFittedError(GpuknnError, AttributeError):
+    """An estimator was queried before :meth:`KNN.fit`."""
+
+
+class DependencyError(GpuknnError, ImportError):
+    """An optional dependency (faiss, cupy) is needed but not installed."""

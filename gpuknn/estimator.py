@@ -1,0 +1,231 @@
+"""The :class:`KNN` estimator: SageMaker's k-NN training, in-process.
+
+Training is sampling -> optional dimension reduction -> index building, as in
+SageMaker. ``fit`` streams its input in ``mini_batch_size`` batches through the
+reservoir sampler, so only the sample is ever held in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+
+from gpuknn import _backend
+from gpuknn.errors import DataError, HyperparameterError, NotFittedError
+from gpuknn.exact import ExactSearch
+from gpuknn.faiss_index import IVFSearch
+from gpuknn.hyperparameters import Hyperparameters, auto_nlists, default_pq_m, parse
+from gpuknn.model import KNNModel, Preparation, check_k
+from gpuknn.reduction import fit_reduction
+from gpuknn.sampling import ReservoirSampler
+
+logger = logging.getLogger("gpuknn")
+Batch = tuple[Any, Any]
+
+
+class KNN:
+    """k-nearest-neighbour classifier or regressor with SageMaker's hyperparameters.
+
+    Parameters
+    ----------
+    device : {"auto", "cpu", "gpu"}
+        Where to compute; "auto" picks the GPU when CuPy sees one.
+    **hyperparameters
+        Any SageMaker k-NN hyperparameter by name (``k``, ``predictor_type`` and
+        ``sample_size`` are required), as Python values or strings. See
+        :data:`gpuknn.hyperparameters.TABLE`.
+
+    Attributes
+    ----------
+    model : KNNModel
+        The fitted model (after :meth:`fit`).
+    classes_ : ndarray of shape (n_classes,), float32
+        Sorted labels seen in the sample (classifiers).
+    device_ : str
+        The device actually used, "cpu" or "gpu".
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gpuknn import KNN
+    >>> X = np.array([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [5.1, 5.0]], dtype=np.float32)
+    >>> y = np.array([0, 0, 1, 1], dtype=np.float32)
+    >>> est = KNN(k=1, predictor_type="classifier", sample_size=100, device="cpu").fit(X, y)
+    >>> est.predict(np.array([[4.9, 5.2]], dtype=np.float32))
+    array([1.], dtype=float32)
+    """
+
+    def __init__(self, *, device: str = "auto", **hyperparameters: Any):
+        self.device = device
+        self.hyperparameters: Hyperparameters = parse(hyperparameters)
+        self.model: KNNModel | None = None
+
+    def get_params(self) -> dict[str, Any]:
+        """The hyperparameters and device, as given defaults filled in."""
+        return {"device": self.device, **self.hyperparameters.to_dict()}
+
+    def fit(self, X: Any, y: Any = None) -> KNN:
+        """Sample the training rows, reduce them and build the index.
+
+        Parameters
+        ----------
+        X : array of shape (n_rows, n_features), or an iterable of ``(X, y)`` batches
+            numpy or cupy arrays; any real dtype (converted to float32).
+        y : array of shape (n_rows,), optional
+            Labels (converted to float32). Needed by :meth:`predict`.
+
+        Returns
+        -------
+        self
+        """
+        started = time.perf_counter()
+        device = _backend.resolve_device(self.device)
+        hp = self.hyperparameters
+        sampler = ReservoirSampler(hp.sample_size, seed=hp.seed)
+        for features, labels in self._batches(X, y):
+            sampler.add(features, labels)
+        features, labels, ids = sampler.result()
+        logger.info("sampled %d of %d rows in %.2f s", len(ids), sampler.rows_seen,
+                    time.perf_counter() - started)
+        self.model = build_model(features, labels, ids, hp, device=device,
+                                 rows_seen=sampler.rows_seen)
+        return self
+
+    def _batches(self, X: Any, y: Any) -> Iterator[Batch]:
+        """Cut in-memory arrays into mini-batches, or pass batches through."""
+        if _is_array(X):
+            yield from _array_batches(X, y, self.hyperparameters.mini_batch_size)
+            return
+        if y is not None:
+            raise DataError("y must be None when X is an iterable of (X, y) batches")
+        if not isinstance(X, Iterable):
+            raise DataError(f"X must be an array or an iterable of (X, y) batches; got {type(X)}")
+        for batch in X:
+            features, labels = batch
+            yield _backend.to_host(features), None if labels is None else _backend.to_host(labels)
+
+    @property
+    def fitted_model(self) -> KNNModel:
+        """The model, or :class:`NotFittedError` before :meth:`fit`."""
+        if self.model is None:
+            raise NotFittedError("this KNN is not fitted yet: call fit(X, y) first")
+        return self.model
+
+    @property
+    def classes_(self) -> np.ndarray | None:
+        """Sorted labels seen in the sample."""
+        return self.fitted_model.classes_
+
+    @property
+    def device_(self) -> str:
+        """Device used by the fitted model."""
+        return self.fitted_model.device
+
+    def predict(self, X: Any) -> Any:
+        """See :meth:`KNNModel.predict`."""
+        return self.fitted_model.predict(X)
+
+    def predict_proba(self, X: Any) -> Any:
+        """See :meth:`KNNModel.predict_proba`."""
+        return self.fitted_model.predict_proba(X)
+
+    def kneighbors(self, X: Any, k: int | None = None) -> tuple[Any, Any]:
+        """See :meth:`KNNModel.kneighbors`."""
+        return self.fitted_model.kneighbors(X, k)
+
+    def __repr__(self) -> str:
+        given = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"KNN({given})"
+
+
+def _is_array(X: Any) -> bool:
+    return hasattr(X, "shape") and hasattr(X, "dtype")
+
+
+def _array_batches(X: Any, y: Any, batch_size: int) -> Iterator[Batch]:
+    X_host = _backend.to_host(X)
+    if X_host.dtype.kind not in "fiub":
+        raise DataError(f"features must be numeric; got dtype {X_host.dtype}")
+    if X_host.ndim != 2:
+        raise DataError(f"features must be 2-D (rows, features); got shape {X_host.shape}")
+    y_host = None if y is None else np.asarray(_backend.to_host(y))
+    if y_host is not None and y_host.dtype.kind not in "fiub":
+        raise DataError(f"labels must be numeric; got dtype {y_host.dtype}")
+    if y_host is not None and y_host.shape != (X_host.shape[0],):
+        raise DataError(f"y must have shape ({X_host.shape[0]},) to match X; got {y_host.shape}")
+    for start in range(0, X_host.shape[0], batch_size):
+        rows = slice(start, start + batch_size)
+        yield X_host[rows], None if y_host is None else y_host[rows]
+
+
+def build_model(features: np.ndarray, labels: np.ndarray | None, ids: np.ndarray,
+                hp: Hyperparameters, *, device: str = "cpu", rows_seen: int | None = None,
+                ) -> KNNModel:
+    """Reduce and index a sample; the last two steps of training.
+
+    Parameters
+    ----------
+    features : ndarray of shape (n_sample, n_features), float32
+    labels : ndarray of shape (n_sample,), float32, or None
+    ids : ndarray of shape (n_sample,), int64
+        Row numbers of the sample in the training data.
+    hp : Hyperparameters
+    device : {"cpu", "gpu"}
+
+    Returns
+    -------
+    KNNModel
+    """
+    preparation = plan_preparation(hp, features.shape[1])
+    check_k(hp.k, features.shape[0])
+    xp = _backend.array_module(device)
+    started = time.perf_counter()
+    vectors = preparation.apply(_backend.to_device(features, xp), xp=xp)
+    index = build_index(vectors, hp, preparation, xp=xp)
+    logger.info("built %s (%s) over %d x %d vectors on %s in %.2f s", hp.index_type,
+                hp.index_metric, vectors.shape[0], vectors.shape[1],
+                _backend.device_name(xp), time.perf_counter() - started)
+    return KNNModel(hp, preparation, index, labels, ids, device=device, rows_seen=rows_seen)
+
+
+def plan_preparation(hp: Hyperparameters, n_features: int) -> Preparation:
+    """Decide the reduction, normalisation and padding for data of ``n_features``."""
+    if hp.feature_dim not in ("auto", n_features):
+        raise HyperparameterError([f"'feature_dim' is {hp.feature_dim} but the data has "
+                                   f"{n_features} features"])
+    target = hp.dimension_reduction_target
+    pq_m = hp.faiss_index_pq_m
+    if hp.index_type == "faiss.IVFPQ" and pq_m is None:
+        pq_m = default_pq_m(target or n_features)
+    if target is not None and pq_m is not None and target % pq_m:
+        target += pq_m - target % pq_m  # SageMaker raises the target to a multiple of pq_m
+        logger.info("dimension_reduction_target raised to %d, a multiple of pq_m=%d",
+                    target, pq_m)
+    if target is not None and target >= n_features:
+        raise HyperparameterError([f"'dimension_reduction_target' ({target}, after rounding "
+                                   f"up to a multiple of pq_m) must be smaller than the "
+                                   f"{n_features} features of the data"])
+    reduction = (fit_reduction(hp.dimension_reduction_type, n_features, target, hp.seed)
+                 if target is not None else None)
+    reduced_dim = target or n_features
+    index_dim = reduced_dim
+    if pq_m is not None and reduced_dim % pq_m:
+        index_dim = reduced_dim + pq_m - reduced_dim % pq_m  # zero padding
+    return Preparation(n_features, reduction, hp.index_metric == "COSINE", index_dim, pq_m)
+
+
+def build_index(vectors: Any, hp: Hyperparameters, preparation: Preparation, *,
+                xp: Any = np) -> Any:
+    """Build the search structure named by ``index_type`` over prepared vectors."""
+    if hp.index_type == "faiss.Flat":
+        return ExactSearch(vectors, hp.index_metric, xp=xp)
+    host = _backend.to_host(vectors)
+    nlists = hp.faiss_index_ivf_nlists
+    nlists = auto_nlists(host.shape[0]) if nlists == "auto" else nlists
+    return IVFSearch.build(host, index_type=hp.index_type, metric=hp.index_metric,
+                           nlists=nlists, pq_m=preparation.pq_m,
+                           nprobe=hp.faiss_index_nprobe, seed=hp.seed)

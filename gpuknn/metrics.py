@@ -1,0 +1,60 @@
+"""Distance metrics and the result convention shared by every search path.
+
+Results are ``(distances, indices)``, nearest first. What ``distances`` holds:
+
+=============== ===================================== ==================
+index_metric    value returned                        nearer is
+=============== ===================================== ==================
+L2              Euclidean distance (not squared)      smaller
+INNER_PRODUCT   inner product ``<q, x>``              larger
+COSINE          cosine similarity (vectors are        larger
+                L2-normalised, then inner product)
+=============== ===================================== ==================
+
+A neighbour that could not be found (only possible for IVF indexes probing too
+few lists) has index ``-1`` and distance ``+inf`` for L2, ``-inf`` otherwise.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+METRICS = ("L2", "INNER_PRODUCT", "COSINE")
+MISSING_INDEX = -1
+
+
+def larger_is_nearer(metric: str) -> bool:
+    """Whether a larger returned value means a nearer neighbour."""
+    return metric != "L2"
+
+
+def missing_distance(metric: str) -> float:
+    """The distance reported for a missing neighbour under ``metric``."""
+    return -np.inf if larger_is_nearer(metric) else np.inf
+
+
+def normalize_rows(X: Any, *, xp: ModuleType = np) -> Any:
+    """Scale every row to unit L2 norm; all-zero rows stay zero.
+
+    Parameters
+    ----------
+    X : array of shape (n_rows, n_features), float32
+
+    Returns
+    -------
+    array of shape (n_rows, n_features), float32
+        A new array.
+    """
+    norms = xp.sqrt((X * X).sum(axis=1, keepdims=True))
+    norms[norms == 0] = 1
+    return (X / norms).astype(xp.float32, copy=False)
+
+
+def faiss_metric(metric: str) -> int:
+    """The faiss metric constant used to index vectors for ``metric``."""
+    import faiss  # noqa: PLC0415 - faiss is optional; imported by callers that need it
+
+    return faiss.METRIC_L2 if metric == "L2" else faiss.METRIC_INNER_PRODUCT

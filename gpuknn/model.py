@@ -1,0 +1,270 @@
+"""The fitted k-NN model: prepare queries, search, vote or average.
+
+A :class:`KNNModel` is what :meth:`gpuknn.KNN.fit` produces and what a model
+file holds. Queries go through the same preparation as the training sample
+(reduction, then L2 normalisation for COSINE, then zero padding for IVFPQ), are
+searched, and the neighbours' labels are turned into predictions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from gpuknn import _backend, predict
+from gpuknn.errors import ClientError, DataError
+from gpuknn.hyperparameters import Hyperparameters
+from gpuknn.metrics import MISSING_INDEX, normalize_rows
+
+ArrayLike = Any  # numpy.ndarray or cupy.ndarray
+
+
+@dataclass
+class Preparation:
+    """How raw feature rows become index vectors.
+
+    Attributes
+    ----------
+    feature_dim : int
+        Features per input row.
+    reduction : SignProjection or FJLT or None
+    normalize : bool
+        L2-normalise after reduction (COSINE).
+    index_dim : int
+        Dimension of the index vectors; larger than the reduced dimension when
+        zeros are appended so that ``faiss_index_pq_m`` divides it.
+    pq_m : int or None
+        The PQ sub-vector count in effect (given or defaulted), for IVFPQ.
+    """
+
+    feature_dim: int
+    reduction: Any
+    normalize: bool
+    index_dim: int
+    pq_m: int | None = None
+
+    def apply(self, X: ArrayLike, *, xp: ModuleType) -> ArrayLike:
+        """Turn rows of shape (n, feature_dim) into index vectors (n, index_dim), float32."""
+        if self.reduction is not None:
+            X = self.reduction.apply(X, xp=xp)
+        if self.normalize:
+            X = normalize_rows(X, xp=xp)
+        if X.shape[1] < self.index_dim:
+            padded = xp.zeros((X.shape[0], self.index_dim), dtype=xp.float32)
+            padded[:, : X.shape[1]] = X
+            X = padded
+        return xp.ascontiguousarray(X, dtype=xp.float32)
+
+
+class KNNModel:
+    """A trained k-NN model; load one with :meth:`load`, or get one from ``KNN.fit``.
+
+    Parameters
+    ----------
+    hyperparameters : Hyperparameters
+        As trained; ``k`` and ``predictor_type`` may be changed afterwards.
+    preparation : Preparation
+    index : ExactSearch or IVFSearch
+        Holds the prepared vectors of the sample.
+    labels : ndarray of shape (n_indexed,), float32, or None
+        Label of every indexed vector (None for an unlabelled index).
+    ids : ndarray of shape (n_indexed,), int64
+        Row number, in the training data as read, of every indexed vector.
+    device : {"cpu", "gpu"}
+        Where preparation, exact search and voting run.
+    rows_seen : int
+        Rows read during training.
+    """
+
+    def __init__(self, hyperparameters: Hyperparameters, preparation: Preparation, index: Any,
+                 labels: np.ndarray | None, ids: np.ndarray, *, device: str = "cpu",
+                 rows_seen: int | None = None):
+        self.hyperparameters = hyperparameters
+        self.preparation = preparation
+        self.index = index
+        self.labels = labels
+        self.ids = np.asarray(ids, dtype=np.int64)
+        self.device = device
+        self.xp = _backend.array_module(device)
+        self.rows_seen = int(rows_seen if rows_seen is not None else len(self.ids))
+        self.classes_ = None if labels is None else np.unique(labels)
+        self._device_arrays: dict[str, Any] = {}
+
+    # -- editable settings -------------------------------------------------------------
+    @property
+    def k(self) -> int:
+        """Neighbours used by :meth:`predict` (editable, at most the indexed rows)."""
+        return self.hyperparameters.k
+
+    @k.setter
+    def k(self, value: int) -> None:
+        self.hyperparameters = self.hyperparameters.replace(k=value)
+        check_k(self.k, self.n_indexed)
+
+    @property
+    def predictor_type(self) -> str:
+        """``"classifier"`` or ``"regressor"`` (editable)."""
+        return self.hyperparameters.predictor_type
+
+    @predictor_type.setter
+    def predictor_type(self, value: str) -> None:
+        self.hyperparameters = self.hyperparameters.replace(predictor_type=value)
+
+    @property
+    def n_indexed(self) -> int:
+        """Rows in the index (the sample size actually kept)."""
+        return int(self.index.ntotal)
+
+    @property
+    def feature_dim(self) -> int:
+        """Features expected in every query row."""
+        return self.preparation.feature_dim
+
+    # -- queries -----------------------------------------------------------------------
+    def kneighbors(self, X: ArrayLike, k: int | None = None) -> tuple[ArrayLike, ArrayLike]:
+        """Distances and training-row ids of the nearest neighbours.
+
+        Parameters
+        ----------
+        X : array of shape (n_queries, feature_dim)
+            numpy or cupy; results come back in the same array module.
+        k : int, optional
+            Defaults to the model's ``k``.
+
+        Returns
+        -------
+        distances : array of shape (n_queries, k), float32
+            Euclidean distance for L2, inner product or cosine similarity
+            otherwise; nearest first.
+        indices : array of shape (n_queries, k), int64
+            Row numbers of the neighbours in the training data as it was read.
+        """
+        k = self.k if k is None else check_k(k, self.n_indexed)
+        distances, positions = self._search(X, k)
+        xp = self.xp
+        ids = self._on_device("ids", self.ids)
+        found = positions != MISSING_INDEX
+        indices = xp.where(found, ids[xp.where(found, positions, 0)], MISSING_INDEX)
+        return self._out(X, distances), self._out(X, indices)
+
+    def predict(self, X: ArrayLike) -> ArrayLike:
+        """Predicted label of every query: majority vote (classifier) or mean (regressor).
+
+        Parameters
+        ----------
+        X : array of shape (n_queries, feature_dim)
+
+        Returns
+        -------
+        array of shape (n_queries,), float32
+            Vote ties go to the smallest label.
+        """
+        xp = self.xp
+        _, positions = self._search(X, self.k)
+        if self.predictor_type == "regressor":
+            labels = self._on_device("labels", self._require_labels())
+            found = positions != MISSING_INDEX
+            return self._out(X, predict.mean_labels(labels[xp.where(found, positions, 0)],
+                                                    found, xp=xp))
+        counts = self._vote(positions)
+        classes = self._on_device("classes", self.classes_)
+        return self._out(X, classes[predict.majority(counts, xp=xp)])
+
+    def predict_proba(self, X: ArrayLike) -> ArrayLike:
+        """Vote shares of every class among the k neighbours (classifiers).
+
+        Returns
+        -------
+        array of shape (n_queries, n_classes), float32
+            Columns follow ``classes_`` (sorted labels).
+        """
+        if self.predictor_type != "classifier":
+            raise ClientError("predict_proba needs predictor_type='classifier'")
+        _, positions = self._search(X, self.k)
+        return self._out(X, predict.vote_shares(self._vote(positions), xp=self.xp))
+
+    def _vote(self, positions: ArrayLike) -> ArrayLike:
+        xp = self.xp
+        label_classes = self._on_device(
+            "label_classes", np.searchsorted(self.classes_, self._require_labels()))
+        neighbour_classes = xp.where(positions != MISSING_INDEX,
+                                     label_classes[xp.where(positions >= 0, positions, 0)], -1)
+        return predict.vote_counts(neighbour_classes, len(self.classes_), xp=xp)
+
+    def _search(self, X: ArrayLike, k: int) -> tuple[ArrayLike, ArrayLike]:
+        xp = self.xp
+        queries = self.preparation.apply(self._check_queries(X), xp=xp)
+        if getattr(self.index, "xp", None) is xp:
+            return self.index.search(queries, k)
+        distances, positions = self.index.search(_backend.to_host(queries), k)
+        return xp.asarray(distances), xp.asarray(positions)
+
+    def _check_queries(self, X: ArrayLike) -> ArrayLike:
+        xp = self.xp
+        if _backend.get_xp(X) is np:
+            X = np.asarray(X)
+            if X.dtype.kind not in "fiub":
+                raise DataError(f"queries must be numeric; got dtype {X.dtype}")
+        X = _backend.to_device(X, xp, dtype=xp.float32)
+        if X.ndim == 1:
+            X = X.reshape(1, -1)
+        if X.ndim != 2 or X.shape[1] != self.feature_dim:
+            raise DataError(f"queries must have shape (n, {self.feature_dim}); "
+                            f"got {tuple(X.shape)}")
+        bad = xp.nonzero(~xp.isfinite(X).all(axis=1))[0]
+        if bad.size:
+            rows = ", ".join(str(int(r)) for r in _backend.to_host(bad[:10]))
+            raise DataError(f"query rows with NaN or infinite values: {rows}")
+        return X
+
+    def _require_labels(self) -> np.ndarray:
+        if self.labels is None:
+            raise ClientError("this model was trained without labels; only kneighbors works")
+        return self.labels
+
+    def _on_device(self, name: str, array: np.ndarray) -> ArrayLike:
+        if name not in self._device_arrays:
+            self._device_arrays[name] = _backend.to_device(array, self.xp)
+        return self._device_arrays[name]
+
+    @staticmethod
+    def _out(like: ArrayLike, array: ArrayLike) -> ArrayLike:
+        """Results live where the queries came from."""
+        return _backend.to_host(array) if _backend.get_xp(like) is np else array
+
+    # -- files -------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write the model to a directory, or to a ``.tar.gz`` / ``.tgz`` archive.
+
+        The write is atomic: a crash never leaves a half-written model behind.
+        See :mod:`gpuknn.model_io` for the files.
+        """
+        from gpuknn import model_io  # noqa: PLC0415 - model_io imports this module
+
+        return model_io.save(self, path)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto") -> KNNModel:
+        """Read a model written by :meth:`save` (a directory or a ``.tar.gz``)."""
+        from gpuknn import model_io  # noqa: PLC0415 - model_io imports this module
+
+        return model_io.load(path, device=device)
+
+    def __repr__(self) -> str:
+        hp = self.hyperparameters
+        return (f"KNNModel(k={hp.k}, predictor_type={hp.predictor_type!r}, "
+                f"index_type={hp.index_type!r}, index_metric={hp.index_metric!r}, "
+                f"n_indexed={self.n_indexed}, feature_dim={self.feature_dim}, "
+                f"device={self.device!r})")
+
+
+def check_k(k: int, n_indexed: int) -> int:
+    """Refuse a k larger than the number of indexed rows."""
+    if not 1 <= int(k) <= n_indexed:
+        raise ClientError(f"k={k} must be between 1 and the number of indexed rows "
+                          f"({n_indexed}); lower k or index more rows (sample_size)")
+    return int(k)

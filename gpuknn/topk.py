@@ -1,0 +1,149 @@
+"""Exact top-k selection over rows of a score matrix (smaller score is better).
+
+The selection is exact and deterministic: the k smallest scores of each row are
+returned in increasing order, and among equal scores the smaller column wins.
+
+For wide rows a full sort or ``argpartition`` costs several times the GEMM that
+produced the scores, so :func:`select_k` prunes first. The columns of a row are
+split into ``n_groups`` strided groups (group ``g`` holds columns ``g``,
+``g + n_groups``, ``g + 2 * n_groups``, ...). A minimum over the middle axis of a
+``(rows, group_size, n_groups)`` view is a streaming, vectorised pass. The k
+groups with the smallest minima contain k scores no larger than their largest
+minimum ``t``, so every score of the true top k is ``<= t``, and any other group
+(whose minimum is ``>= t``) can only hold a score that ties the k-th. Those rare
+rows are detected and redone with a full stable sort.
+"""
+
+from __future__ import annotations
+
+import math
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+# Rows at most this wide (or with k this close to the width) are sorted directly.
+DIRECT_SORT_MAX_WIDTH = 2048
+
+
+def select_k(scores: Any, k: int, *, xp: ModuleType = np) -> tuple[Any, Any]:
+    """The k smallest entries of every row, smallest first, ties to the smaller column.
+
+    Parameters
+    ----------
+    scores : array of shape (n_rows, n_cols), float32 or float64
+        Scores to select from; smaller is better. Must not contain NaN.
+    k : int
+        How many entries to keep per row, ``1 <= k <= n_cols``.
+    xp : module
+        ``numpy`` or ``cupy``, the module owning ``scores``.
+
+    Returns
+    -------
+    values : array of shape (n_rows, k), dtype of ``scores``
+        Selected scores in increasing order.
+    columns : array of shape (n_rows, k), int64
+        Their column positions.
+    """
+    n_rows, n_cols = scores.shape
+    if not 1 <= k <= n_cols:
+        raise ValueError(f"k must be in [1, {n_cols}]; got {k}")
+    group_size = _group_size(n_cols, k)
+    if group_size < 2:
+        return _stable_smallest(scores, xp.arange(n_cols, dtype=xp.int64), k, xp=xp)
+    n_groups = n_cols // group_size
+    grouped_width = n_groups * group_size
+    grouped = scores[:, :grouped_width].reshape(n_rows, group_size, n_groups)
+    minima = grouped.min(axis=1)
+    chosen = xp.sort(xp.argpartition(minima, k - 1, axis=1)[:, :k], axis=1)
+    # columns[i, j, g] = chosen[g] + j * n_groups: increasing along the flattened row.
+    offsets = xp.arange(group_size, dtype=xp.int64)[:, None] * n_groups
+    columns = (chosen[:, None, :] + offsets[None, :, :]).reshape(n_rows, -1)
+    tail = xp.arange(grouped_width, n_cols, dtype=xp.int64)
+    columns = xp.concatenate([columns, xp.broadcast_to(tail, (n_rows, tail.size))], axis=1)
+    values = xp.take_along_axis(scores, columns, axis=1)
+    best_values, best_columns = _stable_smallest(values, columns, k, xp=xp)
+    _redo_tied_rows(scores, minima, chosen, best_values, best_columns, k=k, xp=xp)
+    return best_values, best_columns
+
+
+def _group_size(n_cols: int, k: int) -> int:
+    """Rows per strided group: balances the group minima against the gathered candidates."""
+    if n_cols <= DIRECT_SORT_MAX_WIDTH or 4 * k >= n_cols:
+        return 1
+    ideal = math.sqrt(n_cols / k)
+    return int(min(64, max(2, 2 ** round(math.log2(ideal)))))
+
+
+def _stable_smallest(values: Any, columns: Any, k: int, *, xp: ModuleType) -> tuple[Any, Any]:
+    """The k smallest ``values`` per row, where ``columns`` increase along each row.
+
+    ``argpartition`` finds k winners cheaply; sorting their positions restores
+    column order, and a stable sort of k values then gives the tie rule. Rows
+    where more than k values reach the k-th value are redone with a full stable
+    sort, since ``argpartition`` may have kept the wrong one of the tied values.
+    """
+    if columns.ndim == 1:
+        columns = xp.broadcast_to(columns, values.shape)
+    if k < values.shape[1]:
+        picked = xp.sort(xp.argpartition(values, k - 1, axis=1)[:, :k], axis=1)
+    else:
+        picked = xp.broadcast_to(xp.arange(k), values.shape)
+    picked_values = xp.take_along_axis(values, picked, axis=1)
+    order = xp.argsort(picked_values, axis=1, kind="stable")
+    picked = xp.take_along_axis(picked, order, axis=1)
+    if k < values.shape[1]:
+        kth = xp.take_along_axis(values, picked[:, k - 1 : k], axis=1)
+        tied = xp.nonzero((values <= kth).sum(axis=1) > k)[0]
+        if tied.size:
+            picked[tied] = xp.argsort(values[tied], axis=1, kind="stable")[:, :k]
+    return xp.take_along_axis(values, picked, axis=1), xp.take_along_axis(columns, picked, axis=1)
+
+
+def _redo_tied_rows(scores, minima, chosen, best_values, best_columns, *, k, xp) -> None:
+    """Redo rows where an unchosen group may hold a tie of the k-th score.
+
+    Every score of such a row that is ``<=`` its k-th value is gathered (in column
+    order) and the k smallest are taken with the stable rule: exact, and cheap
+    because only the tied values are sorted.
+    """
+    kth = best_values[:, k - 1 : k]
+    reaching_all = (minima <= kth).sum(axis=1)
+    reaching_chosen = (xp.take_along_axis(minima, chosen, axis=1) <= kth).sum(axis=1)
+    rows = xp.nonzero(reaching_all > reaching_chosen)[0]
+    if rows.size == 0:
+        return
+    tied_scores = scores[rows]
+    hit_rows, hit_columns = xp.nonzero(tied_scores <= kth[rows])
+    counts = xp.bincount(hit_rows, minlength=rows.size)
+    width = int(counts.max())
+    starts = xp.cumsum(counts) - counts
+    slot = xp.arange(hit_rows.size) - starts[hit_rows]
+    values = xp.full((rows.size, width), xp.inf, dtype=scores.dtype)
+    columns = xp.full((rows.size, width), scores.shape[1], dtype=xp.int64)
+    values[hit_rows, slot] = tied_scores[hit_rows, hit_columns]
+    columns[hit_rows, slot] = hit_columns
+    best_values[rows], best_columns[rows] = _stable_smallest(values, columns, k, xp=xp)
+
+
+def merge_k(values: Any, columns: Any, k: int, *, xp: ModuleType = np) -> tuple[Any, Any]:
+    """Merge candidate lists: the k best of ``(values, columns)`` per row.
+
+    Parameters
+    ----------
+    values : array of shape (n_rows, n_candidates)
+        Candidate scores (smaller is better); ``+inf`` marks an empty slot.
+    columns : array of shape (n_rows, n_candidates), int64
+        Their global column ids, unique within a row.
+    k : int
+        How many to keep, ``k <= n_candidates``.
+
+    Returns
+    -------
+    values, columns : arrays of shape (n_rows, k)
+        Sorted by score, ties broken by the smaller column.
+    """
+    by_column = xp.argsort(columns, axis=1, kind="stable")
+    columns = xp.take_along_axis(columns, by_column, axis=1)
+    values = xp.take_along_axis(values, by_column, axis=1)
+    return _stable_smallest(values, columns, k, xp=xp)
