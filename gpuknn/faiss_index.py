@@ -6,6 +6,7 @@ only by the functions here, with a clear error when it is missing.
 
 from __future__ import annotations
 
+import os
 from types import ModuleType
 from typing import Any
 
@@ -18,7 +19,15 @@ PQ_BITS = 8
 
 
 def require_faiss() -> ModuleType:
-    """Import faiss, or explain how to install it."""
+    """Import faiss, or explain how to install it.
+
+    Before the first import, ``OMP_WAIT_POLICY`` defaults to ``PASSIVE`` (a value
+    set by the user wins): faiss's OpenMP threads otherwise spin while its BLAS
+    works, which made IVFPQ training 8x slower on a 2-core machine (12.6 s vs
+    1.5 s for MNIST, 16 sub-quantizers). libgomp reads the variable once, when
+    it is loaded.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         import faiss  # noqa: PLC0415 - optional dependency
     except ImportError as err:

@@ -12,11 +12,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from gpuknn.errors import HyperparameterError
+
+_INTEGER_TEXT = re.compile(r"[+-]?[0-9]+")  # ASCII digits only, as SageMaker's schema
 
 PQ_M_CHOICES = (1, 2, 3, 4, 8, 12, 16, 20, 24, 28, 32, 40, 48, 56, 64, 96)
 INDEX_TYPES = ("faiss.Flat", "faiss.IVFFlat", "faiss.IVFPQ")
@@ -44,10 +49,10 @@ def _parse_int(value: Any, low: int, high: int | None) -> int:
         raise _InvalidValueError(allowed)
     if isinstance(value, str):
         text = value.strip()
-        if not text.lstrip("+-").isdigit():
+        if not _INTEGER_TEXT.fullmatch(text):
             raise _InvalidValueError(allowed)
         value = int(text)
-    elif isinstance(value, float):
+    elif isinstance(value, (float, np.floating)):
         if not value.is_integer():
             raise _InvalidValueError(allowed)
         value = int(value)
@@ -79,8 +84,10 @@ def _choice(options: tuple[Any, ...]) -> Callable[[Any], Any]:
     def parse(value: Any) -> Any:
         if isinstance(value, str):
             value = value.strip()
+        if isinstance(value, bool):
+            raise _InvalidValueError("one of " + ", ".join(str(o) for o in options))
         for option in options:
-            if isinstance(option, int) and not isinstance(value, bool):
+            if isinstance(option, int):
                 try:
                     if _parse_int(value, option, option) == option:
                         return option
@@ -204,7 +211,8 @@ def parse(values: Mapping[str, Any]) -> Hyperparameters:
     for spec in TABLE:
         if spec.required and spec.name not in given:
             problems.append(f"The {spec.name!r} hyperparameter is required ({spec.allowed}).")
-    problems.extend(_cross_field_problems(parsed))
+    invalid = given - parsed.keys()
+    problems.extend(_cross_field_problems(parsed, invalid))
     if problems:
         raise HyperparameterError(problems)
     return Hyperparameters(**parsed)
@@ -225,22 +233,26 @@ def _canonical_name(name: str, problems: list[str]) -> str | None:
     return None
 
 
-def _cross_field_problems(hp: dict[str, Any]) -> list[str]:
+def _cross_field_problems(hp: dict[str, Any], invalid: set[str]) -> list[str]:
+    """Rules between hyperparameters; a rule is skipped when one of its values is invalid."""
     problems = []
     reduction, target = hp.get("dimension_reduction_type"), hp.get("dimension_reduction_target")
-    if reduction and target is None:
+    reduction_ok = not invalid & {"dimension_reduction_type", "dimension_reduction_target"}
+    if reduction_ok and reduction and target is None:
         problems.append("'dimension_reduction_target' is required when "
                         f"'dimension_reduction_type' is set (got type {reduction!r}).")
-    if target is not None and not reduction:
+    if reduction_ok and target is not None and not reduction:
         problems.append("'dimension_reduction_target' is set but 'dimension_reduction_type' "
                         "is not: set the type to sign or fjlt, or remove the target.")
     feature_dim = hp.get("feature_dim", "auto")
     if target is not None and feature_dim != "auto" and target >= feature_dim:
         problems.append(f"'dimension_reduction_target' must be smaller than 'feature_dim' "
                         f"({feature_dim}). Got {target}.")
-    if hp.get("faiss_index_pq_m") is not None and hp.get("index_type") != "faiss.IVFPQ":
+    index_type = hp.get("index_type", "faiss.Flat")
+    if (hp.get("faiss_index_pq_m") is not None and "index_type" not in invalid
+            and index_type != "faiss.IVFPQ"):
         problems.append("'faiss_index_pq_m' applies only to index_type faiss.IVFPQ "
-                        f"(index_type is {hp.get('index_type', 'faiss.Flat')!r}).")
+                        f"(index_type is {index_type!r}).")
     return problems
 
 

@@ -145,7 +145,8 @@ def _atomic_write(target: Path, data: bytes) -> None:
 
 def _write_archive(path: Path, files: dict[str, bytes]) -> None:
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+    # Level 1: float vectors barely compress, and level 9 costs seconds on large models.
+    with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=1) as archive:
         for name, data in files.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
@@ -215,11 +216,23 @@ def _model_from_files(files: dict[str, bytes], *, device: str, origin: Path) -> 
     reduction = _reduction(files, meta, origin)
     prep = Preparation(int(meta["feature_dim"]), reduction, bool(meta["normalize"]),
                        int(meta["index"]["dim"]), meta["index"].get("pq_m"))
+    _check_dimensions(prep, origin)
     index = _index(files, meta, hp, device, origin)
     if index.ntotal != ntotal or index.dim != prep.index_dim:
         raise ModelFileError(f"{origin / INDEX}: index holds {index.ntotal} x {index.dim} "
                              f"vectors; {METADATA} says {ntotal} x {prep.index_dim}")
     return KNNModel(hp, prep, index, labels, ids, device=device, rows_seen=meta["rows_seen"])
+
+
+def _check_dimensions(prep: Preparation, origin: Path) -> None:
+    """The index dimension must follow from feature_dim, the reduction and the PQ padding."""
+    reduced = prep.feature_dim if prep.reduction is None else prep.reduction.target_dim
+    padded = reduced if not prep.pq_m or reduced % prep.pq_m == 0 else (
+        reduced + prep.pq_m - reduced % prep.pq_m)
+    if prep.index_dim != padded:
+        raise ModelFileError(f"{origin / METADATA}: feature_dim {prep.feature_dim} gives index "
+                             f"vectors of dimension {padded}, but the index has "
+                             f"{prep.index_dim}")
 
 
 def _read_metadata(files: dict[str, bytes], origin: Path) -> dict[str, Any]:

@@ -61,7 +61,8 @@ class ReservoirSampler:
         take = min(self.sample_size - self._filled, X.shape[0])
         if take:
             self._ensure_capacity(self._filled + take)
-            self._store(np.arange(self._filled, self._filled + take), X[:take], y, first_id, 0)
+            labels = None if y is None else y[:take]
+            self._store(np.arange(self._filled, self._filled + take), X[:take], labels, first_id, 0)
             self._filled += take
         if take < X.shape[0]:
             self._replace(X[take:], None if y is None else y[take:], first_id + take)

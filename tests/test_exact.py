@@ -1,0 +1,70 @@
+"""ExactSearch (gpuknn's faiss.Flat) against float64 brute force and faiss."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _compare import assert_same_neighbours, assert_valid_knn, reference_knn
+
+from gpuknn import _backend, exact
+from gpuknn.exact import ExactSearch
+from gpuknn.metrics import normalize_rows
+
+
+@pytest.mark.parametrize("metric", ["L2", "INNER_PRODUCT", "COSINE"])
+@pytest.mark.parametrize(("n_base", "dim", "n_queries", "k"),
+                         [(1, 3, 2, 1), (500, 7, 33, 5), (3001, 33, 257, 10), (20000, 16, 700, 100)])
+def test_exact_matches_float64_brute_force(xp, rng, metric, n_base, dim, n_queries, k):
+    X = rng.standard_normal((n_base, dim)).astype(np.float32)
+    Q = rng.standard_normal((n_queries, dim)).astype(np.float32)
+    base, queries = (normalize_rows(X), normalize_rows(Q)) if metric == "COSINE" else (X, Q)
+    search = ExactSearch(xp.asarray(base), metric, xp=xp, tile_bytes=1 << 20)
+    distances, positions = search.search(xp.asarray(queries), k)
+    want_distances, want_positions, clear = reference_knn(X, Q, k, metric)
+    assert_same_neighbours(_backend.to_host(positions), want_positions, clear)
+    assert_valid_knn(X, Q, _backend.to_host(positions), k, metric, rtol=1e-4)
+    np.testing.assert_allclose(_backend.to_host(distances), want_distances, rtol=1e-4, atol=1e-4)
+
+
+def test_exact_tiles_merge_across_base_blocks(rng, monkeypatch):
+    # A tiny tile forces many base blocks and query chunks; results must not change.
+    monkeypatch.setattr(exact, "QUERY_CHUNK", 7)
+    X = rng.standard_normal((5000, 24)).astype(np.float32)
+    Q = rng.standard_normal((50, 24)).astype(np.float32)
+    small = ExactSearch(X, "L2", tile_bytes=4096).search(Q, 10)
+    large = ExactSearch(X, "L2").search(Q, 10)
+    np.testing.assert_array_equal(small[1], large[1])
+    np.testing.assert_allclose(small[0], large[0], rtol=1e-6)
+
+
+def test_exact_ties_go_to_the_smaller_row(xp):
+    X = np.array([[1, 0], [0, 1], [-1, 0], [0, -1], [5, 5]], dtype=np.float32)
+    distances, positions = ExactSearch(xp.asarray(X), "L2", xp=xp).search(
+        xp.asarray(np.zeros((1, 2), dtype=np.float32)), 3)
+    assert _backend.to_host(positions).tolist() == [[0, 1, 2]]
+    np.testing.assert_allclose(_backend.to_host(distances), [[1, 1, 1]])
+
+
+def test_exact_distances_are_accurate_for_near_duplicates(xp):
+    # |x|^2 - 2<q,x> + |q|^2 cancels catastrophically here; the recomputed distances do not.
+    X = np.full((3, 64), 1000.0, dtype=np.float32)
+    X[1, 0] += 0.5
+    X[2, 0] += 1.0
+    distances, positions = ExactSearch(xp.asarray(X), "L2", xp=xp).search(xp.asarray(X[:1]), 3)
+    assert _backend.to_host(positions).tolist() == [[0, 1, 2]]
+    np.testing.assert_allclose(_backend.to_host(distances), [[0.0, 0.5, 1.0]], atol=1e-6)
+
+
+def test_exact_agrees_with_faiss_flat(letter):
+    faiss = pytest.importorskip("faiss")
+    X, _, Q, _ = letter
+    index = faiss.IndexFlatL2(X.shape[1])
+    index.add(X)
+    faiss_sq, faiss_ids = index.search(Q, 11)
+    distances, positions = ExactSearch(X, "L2").search(Q, 10)
+    clear = faiss_sq[:, 10] > faiss_sq[:, 9]
+    assert_same_neighbours(positions, faiss_ids[:, :10], clear, min_clear_fraction=0.3)
+    np.testing.assert_allclose(distances ** 2, faiss_sq[:, :10], rtol=1e-5)
+    # Rows with ties: both answers are valid k-NN answers of the same distances.
+    assert_valid_knn(X, Q, positions, 10)
+    assert_valid_knn(X, Q, faiss_ids[:, :10], 10)
