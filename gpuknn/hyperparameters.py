@@ -272,6 +272,7 @@ def markdown_table() -> str:
     for spec in TABLE:
         default = "" if spec.default is None else f"`{spec.default}`"
         name = f"`{spec.name}`" + (" (gpuknn)" if spec.extension else "")
-        lines.append(f"| {name} | {'yes' if spec.required else 'no'} | {spec.allowed} "
+        allowed = spec.allowed.replace("|", "\\|")
+        lines.append(f"| {name} | {'yes' if spec.required else 'no'} | {allowed} "
                      f"| {default} | {spec.doc} |")
     return "\n".join(lines)

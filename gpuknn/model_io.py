@@ -133,6 +133,7 @@ def _write_directory(path: Path, files: dict[str, bytes]) -> None:
 def _atomic_write(target: Path, data: bytes) -> None:
     fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600; a model is read by other users (serve)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

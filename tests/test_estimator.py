@@ -20,7 +20,7 @@ def fit(X, y, **hyperparameters):
 
 @pytest.mark.parametrize(("name", "k"), DATASETS)
 def test_classifier_matches_sklearn_brute_force(request, name, k):
-    X, y, Q, y_test = request.getfixturevalue(name)
+    X, y, Q, _ = request.getfixturevalue(name)
     est = fit(X, y, k=k)
     sk = KNeighborsClassifier(n_neighbors=k, algorithm="brute").fit(X, y)
     _, _, clear = reference_knn(X, Q, k)

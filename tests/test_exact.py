@@ -12,8 +12,9 @@ from gpuknn.metrics import normalize_rows
 
 
 @pytest.mark.parametrize("metric", ["L2", "INNER_PRODUCT", "COSINE"])
-@pytest.mark.parametrize(("n_base", "dim", "n_queries", "k"),
-                         [(1, 3, 2, 1), (500, 7, 33, 5), (3001, 33, 257, 10), (20000, 16, 700, 100)])
+@pytest.mark.parametrize(
+    ("n_base", "dim", "n_queries", "k"),
+    [(1, 3, 2, 1), (500, 7, 33, 5), (3001, 33, 257, 10), (20000, 16, 700, 100)])
 def test_exact_matches_float64_brute_force(xp, rng, metric, n_base, dim, n_queries, k):
     X = rng.standard_normal((n_base, dim)).astype(np.float32)
     Q = rng.standard_normal((n_queries, dim)).astype(np.float32)
