@@ -96,33 +96,56 @@ def _stable_smallest(values: Any, columns: Any, k: int, *, xp: ModuleType) -> tu
         kth = xp.take_along_axis(values, picked[:, k - 1 : k], axis=1)
         tied = xp.nonzero((values <= kth).sum(axis=1) > k)[0]
         if tied.size:
-            picked[tied] = xp.argsort(values[tied], axis=1, kind="stable")[:, :k]
+            picked[tied] = _first_k_with_ties(values[tied], kth[tied], k, xp=xp)
     return xp.take_along_axis(values, picked, axis=1), xp.take_along_axis(columns, picked, axis=1)
+
+
+def _first_k_with_ties(values: Any, kth: Any, k: int, *, xp: ModuleType) -> Any:
+    """Positions of the k smallest values per row, equal values taken leftmost first.
+
+    Every value below the k-th is kept, then the leftmost values equal to it until
+    there are k: no sort over the row's width.
+    """
+    below = values < kth
+    equal = values == kth
+    wanted = k - below.sum(axis=1, keepdims=True)
+    keep = below | (equal & (xp.cumsum(equal, axis=1) <= wanted))
+    positions = xp.nonzero(keep)[1].reshape(values.shape[0], k)
+    order = xp.argsort(xp.take_along_axis(values, positions, axis=1), axis=1, kind="stable")
+    return xp.take_along_axis(positions, order, axis=1)
 
 
 def _redo_tied_rows(scores, minima, chosen, best_values, best_columns, *, k, xp) -> None:
     """Redo rows where an unchosen group may hold a tie of the k-th score.
 
-    Every score of such a row that is ``<=`` its k-th value is gathered (in column
-    order) and the k smallest are taken with the stable rule: exact, and cheap
-    because only the tied values are sorted.
+    Every score ``<=`` the k-th value lies in a group whose minimum is ``<=`` it, or in
+    the ungrouped tail: those few groups are gathered and the k best taken with the
+    stable rule (ties to the smaller column). Exact, and cheap even with many ties.
     """
     kth = best_values[:, k - 1 : k]
-    reaching_all = (minima <= kth).sum(axis=1)
-    reaching_chosen = (xp.take_along_axis(minima, chosen, axis=1) <= kth).sum(axis=1)
-    rows = xp.nonzero(reaching_all > reaching_chosen)[0]
+    reaching = minima <= kth
+    reaching_chosen = xp.take_along_axis(reaching, chosen, axis=1).sum(axis=1)
+    rows = xp.nonzero(reaching.sum(axis=1) > reaching_chosen)[0]
     if rows.size == 0:
         return
-    tied_scores = scores[rows]
-    hit_rows, hit_columns = xp.nonzero(tied_scores <= kth[rows])
+    n_groups = minima.shape[1]
+    group_size = (scores.shape[1]) // n_groups
+    hit_rows, hit_groups = xp.nonzero(reaching[rows])
     counts = xp.bincount(hit_rows, minlength=rows.size)
+    slot = xp.arange(hit_rows.size) - (xp.cumsum(counts) - counts)[hit_rows]
     width = int(counts.max())
-    starts = xp.cumsum(counts) - counts
-    slot = xp.arange(hit_rows.size) - starts[hit_rows]
-    values = xp.full((rows.size, width), xp.inf, dtype=scores.dtype)
-    columns = xp.full((rows.size, width), scores.shape[1], dtype=xp.int64)
-    values[hit_rows, slot] = tied_scores[hit_rows, hit_columns]
-    columns[hit_rows, slot] = hit_columns
+    groups = xp.full((rows.size, width), -1, dtype=xp.int64)
+    groups[hit_rows, slot] = hit_groups
+    # i-major layout, as in select_k: real columns increase along each row.
+    offsets = xp.arange(group_size, dtype=xp.int64)[:, None] * n_groups
+    columns = (groups[:, None, :] + offsets[None, :, :]).reshape(rows.size, -1)
+    padding = xp.broadcast_to((groups < 0)[:, None, :], (rows.size, group_size, width))
+    tail = xp.arange(n_groups * group_size, scores.shape[1], dtype=xp.int64)
+    columns = xp.concatenate([columns, xp.broadcast_to(tail, (rows.size, tail.size))], axis=1)
+    padding = xp.concatenate([padding.reshape(rows.size, -1),
+                              xp.zeros((rows.size, tail.size), dtype=bool)], axis=1)
+    values = scores[rows[:, None], xp.where(padding, 0, columns)]
+    values[padding] = xp.inf  # pads sort after every real score
     best_values[rows], best_columns[rows] = _stable_smallest(values, columns, k, xp=xp)
 
 

@@ -52,5 +52,6 @@ def test_readme_hyperparameter_table_is_generated_from_the_table():
     from gpuknn.hyperparameters import markdown_table
 
     readme = (Path(__file__).parents[1] / "README.md").read_text()
-    section = readme.split("<!-- hyperparameters:start -->")[1].split("<!-- hyperparameters:end -->")[0]
+    section = readme.split("<!-- hyperparameters:start -->")[1]
+    section = section.split("<!-- hyperparameters:end -->")[0]
     assert section.strip() == markdown_table().strip()

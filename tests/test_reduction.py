@@ -30,7 +30,8 @@ def test_fjlt_is_sign_flip_hadamard_subsample(rng):
     padded = np.zeros((7, 128))
     padded[:, :100] = X
     want = (padded * fjlt.flips) @ hadamard(128)[:, fjlt.keep] / np.sqrt(20)
-    np.testing.assert_allclose(fjlt.apply(X), want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(fjlt.transform(X), want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(fjlt.apply(X), want, rtol=1e-4, atol=1e-4)  # CPU GEMM path
 
 
 def test_sign_projection_is_scaled_sign_matrix(rng):
@@ -77,6 +78,15 @@ def test_fjlt_processes_rows_in_chunks(rng, monkeypatch):
 
     X = rng.standard_normal((50, 30)).astype(np.float32)
     fjlt = FJLT.fit(30, 6, seed=0)
-    whole = fjlt.apply(X)
+    whole = fjlt.transform(X)
     monkeypatch.setattr(reduction, "ROW_CHUNK", 7)
-    np.testing.assert_allclose(fjlt.apply(X), whole, rtol=1e-6)
+    np.testing.assert_allclose(fjlt.transform(X), whole, rtol=1e-6)
+
+
+def test_fjlt_without_the_dense_matrix_gives_the_same_rows(rng, monkeypatch):
+    from gpuknn import reduction
+
+    X = rng.standard_normal((20, 300)).astype(np.float32)
+    dense = FJLT.fit(300, 40, seed=2).apply(X)
+    monkeypatch.setattr(reduction, "DENSE_MAX_ELEMENTS", 0)
+    np.testing.assert_allclose(FJLT.fit(300, 40, seed=2).apply(X), dense, rtol=1e-4, atol=1e-5)
