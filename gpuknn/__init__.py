@@ -7,28 +7,30 @@
 
 from gpuknn._version import __version__
 from gpuknn.errors import (
-                           ClientError,
-                           DataError,
-                           DeviceError,
-                           GpuknnError,
-                           HyperparameterError,
-                           ModelFileError,
-                           NotFittedError,
+    ClientError,
+    DataError,
+    DeviceError,
+    GpuknnError,
+    HyperparameterError,
+    ModelFileError,
+    NotFittedError,
 )
 from gpuknn.estimator import KNN
 from gpuknn.hyperparameters import Hyperparameters
+from gpuknn.io import record_set
 from gpuknn.model import KNNModel
 
 __all__ = [
-                           "KNN",
-                           "ClientError",
-                           "DataError",
-                           "DeviceError",
-                           "GpuknnError",
-                           "HyperparameterError",
-                           "Hyperparameters",
-                           "KNNModel",
-                           "ModelFileError",
-                           "NotFittedError",
-                           "__version__",
+    "KNN",
+    "ClientError",
+    "DataError",
+    "DeviceError",
+    "GpuknnError",
+    "HyperparameterError",
+    "Hyperparameters",
+    "KNNModel",
+    "ModelFileError",
+    "NotFittedError",
+    "__version__",
+    "record_set",
 ]

@@ -8,13 +8,15 @@ reservoir sampler, so only the sample is ever held in memory.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
-from gpuknn import _backend
+from gpuknn import _backend, io
 from gpuknn.errors import DataError, HyperparameterError, NotFittedError
 from gpuknn.exact import ExactSearch
 from gpuknn.faiss_index import IVFSearch
@@ -68,15 +70,25 @@ class KNN:
         """The hyperparameters and device, as given defaults filled in."""
         return {"device": self.device, **self.hyperparameters.to_dict()}
 
-    def fit(self, X: Any, y: Any = None) -> KNN:
+    def fit(self, X: Any, y: Any = None, *, content_type: str = "application/x-recordio-protobuf",
+            label_size: int | None = None) -> KNN:
         """Sample the training rows, reduce them and build the index.
 
         Parameters
         ----------
-        X : array of shape (n_rows, n_features), or an iterable of ``(X, y)`` batches
-            numpy or cupy arrays; any real dtype (converted to float32).
+        X : array of shape (n_rows, n_features), a data source, or an iterable of batches
+            numpy or cupy arrays (any real dtype, converted to float32); or a file,
+            directory, SageMaker manifest (see :func:`gpuknn.record_set`), named pipe or
+            open binary file, streamed in ``mini_batch_size`` batches; or an iterable
+            of ``(X, y)`` batches. Sparse batches are densified one batch at a time.
         y : array of shape (n_rows,), optional
-            Labels (converted to float32). Needed by :meth:`predict`.
+            Labels (converted to float32). Needed by :meth:`predict`. Sources carry
+            their own labels.
+        content_type : str
+            Format of a source: ``application/x-recordio-protobuf`` (default),
+            ``text/csv`` (first column the label), JSON or JSON Lines.
+        label_size : int, optional
+            CSV label columns (default 1).
 
         Returns
         -------
@@ -86,8 +98,8 @@ class KNN:
         device = _backend.resolve_device(self.device)
         hp = self.hyperparameters
         sampler = ReservoirSampler(hp.sample_size, seed=hp.seed)
-        for features, labels in self._batches(X, y):
-            sampler.add(features, labels)
+        for features, labels in self._batches(X, y, content_type, label_size):
+            sampler.add(features.toarray() if sp.issparse(features) else features, labels)
         features, labels, ids = sampler.result()
         logger.info("sampled %d of %d rows in %.2f s", len(ids), sampler.rows_seen,
                     time.perf_counter() - started)
@@ -95,10 +107,17 @@ class KNN:
                                  rows_seen=sampler.rows_seen)
         return self
 
-    def _batches(self, X: Any, y: Any) -> Iterator[Batch]:
-        """Cut in-memory arrays into mini-batches, or pass batches through."""
+    def _batches(self, X: Any, y: Any, content_type: str, label_size: int | None,
+                 ) -> Iterator[Batch]:
+        """Cut in-memory arrays into mini-batches, stream a source, or pass batches through."""
+        batch_size = self.hyperparameters.mini_batch_size
         if _is_array(X):
-            yield from _array_batches(X, y, self.hyperparameters.mini_batch_size)
+            yield from _array_batches(X, y, batch_size)
+            return
+        if isinstance(X, (str, os.PathLike)) or hasattr(X, "read"):
+            if y is not None:
+                raise DataError("y must be None when X is a data source: labels come from it")
+            yield from io.iter_batches(X, content_type, batch_size, label_size)
             return
         if y is not None:
             raise DataError("y must be None when X is an iterable of (X, y) batches")

@@ -1,0 +1,181 @@
+"""RecordIO framing (MXNet / dmlc), as SageMaker's ``application/x-recordio-protobuf`` uses it.
+
+Every record is ``uint32 magic = 0xCED7230A``, ``uint32 lrecord`` (little-endian), the
+payload, then zero padding to a 4-byte boundary. ``lrecord`` holds the payload length in
+its low 29 bits and a continuation flag in its top 3: 0 a whole record, 1 the first, 2 a
+middle and 3 the last part of a record that the writer split where the magic number
+occurred in the data (the magic is dropped there and restored by the reader).
+
+:func:`iter_payloads` reads any binary stream sequentially (files, gzip streams, pipes),
+in blocks, so memory stays bounded by a block plus one record.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from typing import BinaryIO
+
+import numpy as np
+
+from gpuknn.errors import DataError
+
+MAGIC = 0xCED7230A
+MAGIC_BYTES = struct.pack("<I", MAGIC)
+LENGTH_MASK = (1 << 29) - 1
+BLOCK_BYTES = 4 << 20
+_HEADER = struct.Struct("<II")
+
+
+def padded(length: int) -> int:
+    """``length`` rounded up to a multiple of 4."""
+    return (length + 3) & ~3
+
+
+def frame(payload: bytes) -> bytes:
+    """One RecordIO record (flag 0) holding ``payload``, with its padding."""
+    if len(payload) > LENGTH_MASK:
+        raise DataError(f"a RecordIO record holds at most {LENGTH_MASK} bytes; got {len(payload)}")
+    return b"".join((_HEADER.pack(MAGIC, len(payload)), payload,
+                     b"\0" * (padded(len(payload)) - len(payload))))
+
+
+class PayloadRun:
+    """Consecutive complete records whose payloads all have the same length.
+
+    Attributes
+    ----------
+    offset : int
+        Byte offset of the first record in its source.
+    payloads : ndarray of shape (n_records, payload_length), uint8
+        A zero-copy view of the payload bytes (the padding is cut off).
+    """
+
+    __slots__ = ("offset", "payloads")
+
+    def __init__(self, offset: int, payloads: np.ndarray):
+        self.offset = offset
+        self.payloads = payloads
+
+
+def iter_payloads(stream: BinaryIO, name: str) -> Iterator[tuple[int, bytes] | PayloadRun]:
+    """Yield the records of a RecordIO stream, in order.
+
+    A record comes as ``(byte_offset, payload)``; a run of at least
+    :data:`MIN_RUN` equal-length records comes as one :class:`PayloadRun`,
+    found with one vectorised check of their headers (the common case of dense
+    records written by the SageMaker SDK).
+
+    Parameters
+    ----------
+    stream : binary file object
+        Read sequentially with ``read``; never seeked.
+    name : str
+        The source's name, for error messages.
+
+    Raises
+    ------
+    DataError
+        Naming the file and byte offset of a wrong magic number, a truncated record
+        or a broken multi-part record.
+    """
+    reader = _Reader(stream, name)
+    yield from reader.records()
+
+
+MIN_RUN = 32
+_SHORT = object()  # a run could not be judged: too few bytes buffered
+
+
+class _Reader:
+    def __init__(self, stream: BinaryIO, name: str):
+        self.stream, self.name = stream, name
+        self.buffer = b""
+        self.position = 0  # stream offset of buffer[0]
+        self.parts: list[bytes] = []
+        self.part_start = 0
+        self.single_steps = 0  # records to take one by one before trying a run again
+
+    def records(self):
+        eof = False
+        while True:
+            cursor = 0
+            while len(self.buffer) - cursor >= 8:
+                if not self.parts and self.single_steps <= 0:
+                    run = self._run(cursor)
+                    if run is _SHORT and not eof:
+                        break  # too few bytes buffered to tell: read more first
+                    if isinstance(run, PayloadRun):
+                        cursor += run.payloads.shape[0] * _stride(run.payloads.shape[1])
+                        yield run
+                        continue
+                    if run is None:
+                        self.single_steps = MIN_RUN * 8
+                step = self._single(cursor)
+                if step is None:
+                    break
+                cursor, record = step
+                self.single_steps -= 1
+                if record is not None:
+                    yield record
+            self.buffer = self.buffer[cursor:]
+            self.position += cursor
+            if eof:
+                break
+            block = self.stream.read(max(BLOCK_BYTES, len(self.buffer)))
+            eof = not block
+            self.buffer += block
+        if self.buffer or self.parts:
+            where = self.position if self.buffer else self.part_start
+            raise DataError(f"{self.name}: byte offset {where}: truncated RecordIO record "
+                            f"({len(self.buffer)} bytes left at the end of the data)")
+
+    def _run(self, cursor: int) -> PayloadRun | None:
+        """Equal-length flag-0 records from ``cursor``, checked in one numpy pass."""
+        magic, lrecord = _HEADER.unpack_from(self.buffer, cursor)
+        if magic != MAGIC or lrecord >> 29:
+            return None
+        length = lrecord & LENGTH_MASK
+        stride = _stride(length)
+        count = (len(self.buffer) - cursor) // stride
+        if count < MIN_RUN:
+            return _SHORT
+        words = np.frombuffer(self.buffer, dtype="<u4", count=count * stride // 4, offset=cursor)
+        headers = words.reshape(count, stride // 4)[:, :2]
+        good = (headers[:, 0] == MAGIC) & (headers[:, 1] == lrecord)
+        run = count if good.all() else int(np.argmin(good))
+        if run < MIN_RUN:
+            return None
+        raw = np.frombuffer(self.buffer, dtype=np.uint8, count=run * stride, offset=cursor)
+        return PayloadRun(self.position + cursor, raw.reshape(run, stride)[:, 8 : 8 + length])
+
+    def _single(self, cursor: int):
+        """Parse one record at ``cursor``: ``(next_cursor, record or None)``, None if incomplete."""
+        magic, lrecord = _HEADER.unpack_from(self.buffer, cursor)
+        offset = self.position + cursor
+        if magic != MAGIC:
+            raise DataError(f"{self.name}: byte offset {offset}: expected the RecordIO magic "
+                            f"number 0xCED7230A, found 0x{magic:08X}; not RecordIO-protobuf "
+                            "data, or the previous record's length is wrong")
+        length, flag = lrecord & LENGTH_MASK, lrecord >> 29
+        end = cursor + 8 + padded(length)
+        if end > len(self.buffer):
+            return None
+        payload = self.buffer[cursor + 8 : cursor + 8 + length]
+        if flag == 0 and not self.parts:
+            return end, (offset, payload)
+        if flag not in (1, 2, 3) or (flag == 1) != (not self.parts):
+            raise DataError(f"{self.name}: byte offset {offset}: RecordIO continuation flag "
+                            f"{flag} out of sequence (a multi-part record is broken)")
+        if flag == 1:
+            self.part_start = offset
+        self.parts.append(payload)
+        if flag != 3:
+            return end, None
+        record = (self.part_start, MAGIC_BYTES.join(self.parts))
+        self.parts = []
+        return end, record
+
+
+def _stride(length: int) -> int:
+    return 8 + padded(length)

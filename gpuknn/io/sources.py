@@ -1,0 +1,127 @@
+"""Turn a data source into a sequence of named, sequentially readable binary streams.
+
+A source is a file path, an open binary file, a directory (every regular file under
+it, sorted by relative path, hidden files skipped), a SageMaker manifest file
+(``[{"prefix": ...}, "relative/key", ...]``), or a named pipe (SageMaker Pipe mode).
+Streams are only ever read forward, and gzip is recognised by its magic bytes, not by
+the file name. Nothing is seeked, so pipes and gzip streams work alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io
+import json
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+from urllib.parse import urlparse
+
+from gpuknn.errors import DataError
+
+GZIP_MAGIC = b"\x1f\x8b"
+MANIFEST_PROBE_BYTES = 1 << 20
+
+
+class Stream:
+    """A named binary stream (gzip already unwrapped)."""
+
+    def __init__(self, name: str, handle: BinaryIO):
+        self.name = name
+        self.handle = handle
+
+    def read(self, size: int = -1) -> bytes:
+        """Read up to ``size`` bytes; a cut-short gzip stream becomes a DataError."""
+        try:
+            return self.handle.read(size)
+        except (EOFError, gzip.BadGzipFile, OSError) as err:
+            raise DataError(f"{self.name}: unreadable or truncated gzip data ({err})") from None
+
+
+@contextlib.contextmanager
+def _opened(path: Path) -> Iterator[BinaryIO]:
+    with open(path, "rb") as handle:
+        yield handle
+
+
+def iter_streams(source: Any) -> Iterator[Stream]:
+    """Yield the streams of ``source`` one after another; each is closed after use.
+
+    Raises
+    ------
+    DataError
+        For a path that does not exist, an empty directory or a broken manifest.
+    """
+    if hasattr(source, "read"):
+        yield _unwrap(getattr(source, "name", "<stream>"), source)
+        return
+    path = Path(source)
+    if not path.exists():
+        raise DataError(f"{path}: no such file or directory")
+    files = _files_of(path)
+    if not files:
+        raise DataError(f"{path}: the directory holds no data files")
+    for file in files:
+        with _opened(file) as handle:
+            yield _unwrap(str(file), handle)
+
+
+def _files_of(path: Path) -> list[Path]:
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.is_file()
+                      and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    if stat.S_ISFIFO(path.stat().st_mode):
+        return [path]
+    manifest = _manifest_entries(path)
+    return [path] if manifest is None else manifest
+
+
+def _unwrap(name: str, handle: BinaryIO) -> Stream:
+    buffered = handle if hasattr(handle, "peek") else io.BufferedReader(handle)
+    if buffered.peek(2)[:2] == GZIP_MAGIC:
+        return Stream(name, gzip.GzipFile(fileobj=buffered, mode="rb"))
+    return Stream(name, buffered)
+
+
+def _manifest_entries(path: Path) -> list[Path] | None:
+    """The files a SageMaker manifest lists, or None when ``path`` is not a manifest."""
+    with open(path, "rb") as handle:
+        head = handle.read(MANIFEST_PROBE_BYTES)
+    if not head.lstrip().startswith(b"[") or len(head) == MANIFEST_PROBE_BYTES:
+        return None
+    try:
+        entries = json.loads(head)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not (isinstance(entries, list) and entries and isinstance(entries[0], dict)
+            and "prefix" in entries[0]):
+        return None
+    prefix = entries[0]["prefix"]
+    keys = entries[1:]
+    if not keys or not all(isinstance(key, str) for key in keys):
+        raise DataError(f"{path}: a manifest lists its files as strings after the prefix")
+    return [_resolve(prefix, key, path) for key in keys]
+
+
+def _resolve(prefix: str, key: str, manifest: Path) -> Path:
+    parsed = urlparse(prefix)
+    if parsed.scheme in ("", "file"):
+        base = Path(parsed.path if parsed.scheme else prefix)
+        base = base if base.is_absolute() else manifest.parent / base
+        candidate = base / key
+    else:  # s3:// and friends: the objects must have been copied beside the manifest
+        candidate = manifest.parent / key
+    if ".." in Path(key).parts or not candidate.is_file():
+        raise DataError(f"{manifest}: manifest entry {key!r} (prefix {prefix!r}) is not a "
+                        f"readable file at {candidate}; remote objects must be downloaded "
+                        "beside the manifest")
+    return candidate
+
+
+def name_of(source: Any) -> str:
+    """A printable name for a source."""
+    return str(getattr(source, "name", source)) if not isinstance(source, (str, os.PathLike)) \
+        else str(source)

@@ -1,0 +1,226 @@
+"""CSV, JSON and JSON Lines decoding.
+
+CSV has no header, is UTF-8, and holds numbers only. The first ``label_size``
+columns are labels. It is read in line-aligned blocks: each block is checked for
+UTF-8 and for one column count on every line (vectorised), then parsed by pandas'
+C parser. Only when that fails is the block scanned in Python, to name the line
+and column of the bad cell.
+
+JSON is SageMaker's request shape ``{"instances": [...]}``. JSON Lines holds one
+instance per line. An instance is ``{"features": [...]}``,
+``{"data": {"features": {"values": [...]}}}``, or a sparse
+``{"keys": [...], "shape": [n], "values": [...]}`` in either place.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from gpuknn.errors import DataError
+from gpuknn.io.sources import Stream
+
+BLOCK_BYTES = 8 << 20
+Rows = tuple[Any, np.ndarray | None, int]  # features, labels, number of the first line
+
+
+def iter_csv(stream: Stream, *, label_size: int) -> Iterator[Rows]:
+    """Yield ``(features, labels, first_line)`` per block of a CSV stream (lines are 1-based)."""
+    if label_size not in (0, 1):
+        raise DataError(f"label_size must be 0 or 1 for k-NN (one label per row); got "
+                        f"{label_size}")
+    carry = b""
+    line = 1
+    n_cols = None
+    while True:
+        chunk = stream.read(BLOCK_BYTES)
+        data = carry + chunk
+        if not chunk:
+            if data.strip():
+                yield _parse_block(data, stream.name, line, label_size, n_cols)
+            return
+        cut = data.rfind(b"\n") + 1
+        if cut == 0:
+            carry = data
+            continue
+        block, carry = data[:cut], data[cut:]
+        features, labels, _ = _parse_block(block, stream.name, line, label_size, n_cols)
+        n_cols = features.shape[1] + label_size
+        yield features, labels, line
+        line += block.count(b"\n")
+
+
+def _parse_block(block: bytes, name: str, line: int, label_size: int, n_cols: int | None):
+    _check_utf8(block, name, line)
+    counts = _fields_per_line(block, name, line)
+    n_cols = n_cols or int(counts[0])
+    bad = np.flatnonzero(counts != n_cols)
+    if bad.size:
+        raise DataError(f"{name}: line {line + bad[0]}: {counts[bad[0]]} columns; earlier lines "
+                        f"have {n_cols}")
+    if n_cols <= label_size:
+        raise DataError(f"{name}: line {line}: {n_cols} column(s) leave no features after "
+                        f"{label_size} label column(s)")
+    try:
+        import pandas as pd  # noqa: PLC0415 - loaded only for CSV
+
+        table = pd.read_csv(io.BytesIO(block), header=None, dtype=np.float64, engine="c",
+                            na_filter=False, skip_blank_lines=False).to_numpy(np.float32)
+    except (ValueError, TypeError):
+        _locate_bad_cell(block, name, line)
+        raise
+    labels = table[:, 0].copy() if label_size else None
+    return np.ascontiguousarray(table[:, label_size:]), labels, line
+
+
+def _check_utf8(block: bytes, name: str, line: int) -> None:
+    try:
+        block.decode("utf-8")
+    except UnicodeDecodeError as err:
+        where = line + block.count(b"\n", 0, err.start)
+        raise DataError(f"{name}: line {where}: invalid UTF-8 (byte {block[err.start]:#04x})"
+                        ) from None
+
+
+def _fields_per_line(block: bytes, name: str, line: int) -> np.ndarray:
+    raw = np.frombuffer(block.rstrip(b"\r\n"), dtype=np.uint8)
+    if raw.size == 0:
+        raise DataError(f"{name}: line {line}: empty line (every line must be a row)")
+    newlines = np.flatnonzero(raw == ord("\n"))
+    commas = np.concatenate([[0], np.cumsum(raw == ord(","))])
+    ends = np.concatenate([newlines, [raw.size]])
+    starts = np.concatenate([[0], newlines + 1])
+    empty = np.flatnonzero(ends - starts <= (raw[np.maximum(ends - 1, 0)] == ord("\r")))
+    if empty.size:
+        raise DataError(f"{name}: line {line + empty[0]}: empty line (every line must be a row)")
+    return commas[ends] - commas[starts] + 1
+
+
+def _locate_bad_cell(block: bytes, name: str, line: int) -> None:
+    for offset, text in enumerate(block.decode("utf-8").splitlines()):
+        for column, cell in enumerate(text.split(","), start=1):
+            try:
+                float(cell)
+            except ValueError:
+                raise DataError(f"{name}: line {line + offset}, column {column}: {cell.strip()!r}"
+                                f" is not a number") from None
+
+
+# -- JSON ------------------------------------------------------------------------------------
+def parse_json(data: bytes, name: str) -> Any:
+    """Decode a JSON request ``{"instances": [...]}`` into features."""
+    document = _load(data, name)
+    if not isinstance(document, dict) or not isinstance(document.get("instances"), list):
+        raise DataError(f'{name}: a JSON request is {{"instances": [...]}}')
+    return instances_to_matrix(document["instances"], name, "instance")
+
+
+def iter_jsonlines(stream: Stream, *, batch_size: int) -> Iterator[Rows]:
+    """Yield feature batches of a JSON Lines stream, one instance per non-empty line."""
+    pending: list[Any] = []
+    first = line = 1
+    for line, raw in enumerate(io.TextIOWrapper(_Raw(stream), encoding="utf-8"), start=1):
+        if raw.strip():
+            pending.append((line, _load(raw.encode(), f"{stream.name}: line {line}")))
+        if len(pending) >= batch_size:
+            yield _jsonl_batch(pending, stream.name), None, first
+            pending, first = [], line + 1
+    if pending:
+        yield _jsonl_batch(pending, stream.name), None, first
+
+
+class _Raw(io.RawIOBase):
+    """Adapter so that TextIOWrapper can read a Stream (and report bad UTF-8)."""
+
+    def __init__(self, stream: Stream):
+        self.stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self.stream.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def _jsonl_batch(pending, name: str):
+    lines = [line for line, _ in pending]
+    return instances_to_matrix([obj for _, obj in pending], name, "line", numbers=lines)
+
+
+def _load(data: bytes, where: str) -> Any:
+    try:
+        return json.loads(data)
+    except UnicodeDecodeError as err:
+        raise DataError(f"{where}: invalid UTF-8 at byte {err.start}") from None
+    except json.JSONDecodeError as err:
+        raise DataError(f"{where}: invalid JSON at line {err.lineno}, column {err.colno}: "
+                        f"{err.msg}") from None
+
+
+def instances_to_matrix(instances: list[Any], name: str, unit: str,
+                        numbers: list[int] | None = None):
+    """Features of SageMaker JSON instances: a float32 array, or CSR if any is sparse."""
+    numbers = numbers or list(range(len(instances)))
+    if not instances:
+        raise DataError(f"{name}: no instances")
+    rows = [_instance(obj, f"{name}: {unit} {number}") for obj, number in
+            zip(instances, numbers, strict=True)]
+    if all(keys is None for _, keys, _ in rows):
+        widths = {len(values) for values, _, _ in rows}
+        if len(widths) > 1:
+            first = next(i for i, (v, _, _) in enumerate(rows) if len(v) != len(rows[0][0]))
+            raise DataError(f"{name}: {unit} {numbers[first]}: {len(rows[first][0])} features; "
+                            f"{unit} {numbers[0]} has {len(rows[0][0])}")
+        return np.asarray([values for values, _, _ in rows], dtype=np.float32).reshape(
+            len(rows), -1)
+    return _sparse_rows(rows, name, unit, numbers)
+
+
+def _instance(obj: Any, where: str):
+    features = obj.get("features") if isinstance(obj, dict) else None
+    if features is None and isinstance(obj, dict) and isinstance(obj.get("data"), dict):
+        features = obj["data"].get("features")
+    if isinstance(features, list):
+        return _numbers(features, where, "features"), None, None
+    if isinstance(features, dict) and "values" in features:
+        values = _numbers(features["values"], where, "features.values")
+        if "keys" not in features:
+            return values, None, None
+        keys = _numbers(features["keys"], where, "features.keys").astype(np.int64)
+        shape = features.get("shape")
+        if not (isinstance(shape, list) and len(shape) == 1 and isinstance(shape[0], int)):
+            raise DataError(f"{where}: a sparse instance needs \"shape\": [n_features]")
+        if len(keys) != len(values) or (len(keys) and (keys.min() < 0 or keys.max() >= shape[0])):
+            raise DataError(f"{where}: sparse keys must be one per value and within [0, "
+                            f"{shape[0]})")
+        return values, keys, shape[0]
+    raise DataError(f'{where}: expected {{"features": [...]}} or '
+                    f'{{"data": {{"features": {{"values": [...]}}}}}}')
+
+
+def _numbers(values: Any, where: str, field: str) -> np.ndarray:
+    if not isinstance(values, list) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise DataError(f"{where}: {field} must be a list of numbers")
+    return np.asarray(values, dtype=np.float32)
+
+
+def _sparse_rows(rows, name: str, unit: str, numbers: list[int]) -> sp.csr_matrix:
+    widths = {width if keys is not None else len(values) for values, keys, width in rows}
+    if len(widths) > 1:
+        raise DataError(f"{name}: {unit}s have different feature counts {sorted(widths)}")
+    n_cols = widths.pop()
+    indptr = np.cumsum([0] + [len(values) for values, _, _ in rows])
+    indices = np.concatenate([keys if keys is not None else np.arange(len(values))
+                              for values, keys, _ in rows]).astype(np.int64)
+    data = np.concatenate([values for values, _, _ in rows])
+    matrix = sp.csr_matrix((data, indices, indptr), shape=(len(rows), n_cols), dtype=np.float32)
+    matrix.sum_duplicates()
+    return matrix
