@@ -31,6 +31,7 @@ __all__ = ["CONTENT_TYPES", "CSV", "JSON", "JSONLINES", "RECORDIO", "iter_batche
            "record_set", "write_recordio"]
 
 Batch = tuple[Any, np.ndarray | None]
+Block = tuple[Any, np.ndarray | None, str]  # features, labels, place of the first row
 
 
 def iter_batches(source: Any, content_type: str = RECORDIO, batch_size: int = 5000,
@@ -62,16 +63,46 @@ def iter_batches(source: Any, content_type: str = RECORDIO, batch_size: int = 50
     """
     kind, parameters = _parse_content_type(content_type)
     if label_size is None:
-        label_size = int(parameters.get("label_size", 1 if kind == CSV else 0))
+        label_size = _label_size(parameters.get("label_size", "1" if kind == CSV else "0"))
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    blocks = _Consistent().check(
+        (stream.name, block) for stream in iter_streams(source)
+        for block in _decode(stream, kind, label_size, batch_size))
     seen_rows = False
-    for stream in iter_streams(source):
-        for X, y in _rebatch(_decode(stream, kind, label_size, batch_size), batch_size):
-            seen_rows = True
-            yield X, y
+    for X, y in _rebatch(blocks, batch_size):
+        seen_rows = True
+        yield X, y
     if not seen_rows:
         raise DataError(f"{name_of(source)}: no records in the data")
+
+
+def _label_size(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise DataError(f"label_size must be an integer (0 or 1); got {text!r}") from None
+
+
+class _Consistent:
+    """Every decoded block must have the first block's feature count and label presence."""
+
+    def __init__(self):
+        self.width: int | None = None
+        self.labelled: bool | None = None
+
+    def check(self, blocks: Iterator[tuple[str, Block]]) -> Iterator[Batch]:
+        for name, (X, y, place) in blocks:
+            where = f"{name}: {place} onwards"
+            if self.width is None:
+                self.width, self.labelled = X.shape[1], y is not None
+            if X.shape[1] != self.width:
+                raise DataError(f"{where}: {X.shape[1]} features; earlier rows have "
+                                f"{self.width}")
+            if (y is not None) != self.labelled:
+                raise DataError(f"{where}: rows are {'labelled' if y is not None else 'unlabelled'}"
+                                f"; earlier rows are not (every row needs a label, or none)")
+            yield X, y
 
 
 def read(source: Any, content_type: str = RECORDIO, label_size: int | None = None) -> Batch:
@@ -97,20 +128,20 @@ def _parse_content_type(content_type: str) -> tuple[str, dict[str, str]]:
     return kind, {k.strip().lower(): v.strip() for k, v in parameters.items()}
 
 
-def _decode(stream: Stream, kind: str, label_size: int, batch_size: int) -> Iterator[Batch]:
+def _decode(stream: Stream, kind: str, label_size: int, batch_size: int) -> Iterator[Block]:
     if kind == RECORDIO:
         yield from _decode_recordio(stream, batch_size)
     elif kind == CSV:
-        for X, y, _ in iter_csv(stream, label_size=label_size):
-            yield X, y
+        for X, y, line in iter_csv(stream, label_size=label_size):
+            yield X, y, f"line {line}"
     elif kind == JSONLINES:
-        for X, y, _ in iter_jsonlines(stream, batch_size=batch_size):
-            yield X, y
+        for X, y, line in iter_jsonlines(stream, batch_size=batch_size):
+            yield X, y, f"line {line}"
     else:
-        yield parse_json(stream.read(), stream.name), None
+        yield parse_json(stream.read(), stream.name), None, "instance 0"
 
 
-def _decode_recordio(stream: Stream, batch_size: int) -> Iterator[Batch]:
+def _decode_recordio(stream: Stream, batch_size: int) -> Iterator[Block]:
     pending: list[tuple[int, bytes]] = []
     record_number = 0
     for item in iter_payloads(stream, stream.name):
@@ -140,14 +171,16 @@ def _decode_run(run: PayloadRun, name: str, first_record: int, batch_size: int):
                        for i, row in enumerate(chunk)]
             yield _decode_pending(pending, name, first_record + start)
         else:
-            yield decoded.features, decoded.labels
+            yield (decoded.features, decoded.labels,
+                   f"record {first_record + start} (byte offset {run.offset + start * stride})")
 
 
-def _decode_pending(pending: list[tuple[int, bytes]], name: str, first_record: int) -> Batch:
-    wheres = [f"{name}: record {first_record + i} (byte offset {offset})"
+def _decode_pending(pending: list[tuple[int, bytes]], name: str, first_record: int) -> Block:
+    places = [f"record {first_record + i} (byte offset {offset})"
               for i, (offset, _) in enumerate(pending)]
-    decoded = records.decode_payloads([payload for _, payload in pending], wheres)
-    return decoded.features, decoded.labels
+    decoded = records.decode_payloads([payload for _, payload in pending],
+                                      [f"{name}: {place}" for place in places])
+    return decoded.features, decoded.labels, places[0]
 
 
 def _rebatch(batches: Iterator[Batch], batch_size: int) -> Iterator[Batch]:
@@ -178,8 +211,6 @@ def _take(held: list[Batch], size: int):
         if X.shape[0] > need:
             rest = [(X[need:], None if y is None else y[need:]), *held[index + 1 :]]
             break
-    if len({None if y is None else 1 for y in y_parts}) > 1:
-        raise DataError("some records have labels and others do not")
     X = (sp.vstack(X_parts, format="csr") if any(sp.issparse(x) for x in X_parts)
          else np.concatenate(X_parts) if len(X_parts) > 1 else X_parts[0])
     y = None if y_parts[0] is None else (np.concatenate(y_parts) if len(y_parts) > 1

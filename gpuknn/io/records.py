@@ -82,7 +82,7 @@ def _tensor_layout(buffer: bytes, start: int, end: int):
         dtype = TENSOR_FIELDS[field][1]
         parts = {f: (fs, fe) for f, fs, fe in _fields(buffer, s, e)}
         values = parts.get(1, (s, s))
-        return dtype, values[0], values[1], 2 in parts
+        return dtype, values[0], values[1], 2 in parts or 3 in parts  # keys or shape: sparse
     return None
 
 
@@ -98,7 +98,7 @@ def _layout(template: bytes):
         else:
             return None
         if field in (1, 2) and (layout is None or layout[0] is None or layout[3]):
-            return None  # int32 varints or sparse keys: not fixed-width
+            return None  # int32 varints, or sparse keys / shape: not fixed-width
     return None if features is None else (features, label)
 
 

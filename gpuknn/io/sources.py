@@ -9,7 +9,6 @@ the file name. Nothing is seeked, so pipes and gzip streams work alike.
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import io
 import json
@@ -17,19 +16,20 @@ import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 from gpuknn.errors import DataError
 
 GZIP_MAGIC = b"\x1f\x8b"
-MANIFEST_PROBE_BYTES = 1 << 20
+MANIFEST_MAX_BYTES = 256 << 20
 
 
 class Stream:
     """A named binary stream (gzip already unwrapped)."""
 
-    def __init__(self, name: str, handle: BinaryIO):
+    def __init__(self, name: str, handle: Any):
         self.name = name
         self.handle = handle
 
@@ -39,12 +39,6 @@ class Stream:
             return self.handle.read(size)
         except (EOFError, gzip.BadGzipFile, OSError) as err:
             raise DataError(f"{self.name}: unreadable or truncated gzip data ({err})") from None
-
-
-@contextlib.contextmanager
-def _opened(path: Path) -> Iterator[BinaryIO]:
-    with open(path, "rb") as handle:
-        yield handle
 
 
 def iter_streams(source: Any) -> Iterator[Stream]:
@@ -65,7 +59,7 @@ def iter_streams(source: Any) -> Iterator[Stream]:
     if not files:
         raise DataError(f"{path}: the directory holds no data files")
     for file in files:
-        with _opened(file) as handle:
+        with open(file, "rb", buffering=0) as handle:
             yield _unwrap(str(file), handle)
 
 
@@ -79,9 +73,41 @@ def _files_of(path: Path) -> list[Path]:
     return [path] if manifest is None else manifest
 
 
-def _unwrap(name: str, handle: BinaryIO) -> Stream:
-    buffered = handle if hasattr(handle, "peek") else io.BufferedReader(handle)
-    if buffered.peek(2)[:2] == GZIP_MAGIC:
+class _Prefixed(io.RawIOBase):
+    """A raw stream that yields ``prefix`` and then the rest of ``handle``.
+
+    It only ever calls ``handle.read``, so any object with a ``read`` method works, and
+    closing it leaves ``handle`` open (the caller owns it).
+    """
+
+    def __init__(self, prefix: bytes, handle: Any):
+        self.prefix, self.handle = prefix, handle
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self.prefix:
+            count = min(len(buffer), len(self.prefix))
+            buffer[:count] = self.prefix[:count]
+            self.prefix = self.prefix[count:]
+            return count
+        if hasattr(self.handle, "readinto"):
+            return self.handle.readinto(buffer) or 0
+        data = self.handle.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def _unwrap(name: str, handle: Any) -> Stream:
+    head = b""
+    while len(head) < 2:  # short reads (pipes, sockets) may deliver one byte at a time
+        more = handle.read(2 - len(head))
+        if not more:
+            break
+        head += more
+    buffered = io.BufferedReader(_Prefixed(head, handle), buffer_size=1 << 20)
+    if head == GZIP_MAGIC:
         return Stream(name, gzip.GzipFile(fileobj=buffered, mode="rb"))
     return Stream(name, buffered)
 
@@ -89,11 +115,12 @@ def _unwrap(name: str, handle: BinaryIO) -> Stream:
 def _manifest_entries(path: Path) -> list[Path] | None:
     """The files a SageMaker manifest lists, or None when ``path`` is not a manifest."""
     with open(path, "rb") as handle:
-        head = handle.read(MANIFEST_PROBE_BYTES)
-    if not head.lstrip().startswith(b"[") or len(head) == MANIFEST_PROBE_BYTES:
-        return None
+        head = handle.read(64)
+        if not head.lstrip().startswith(b"["):
+            return None
+        text = head + handle.read(MANIFEST_MAX_BYTES)
     try:
-        entries = json.loads(head)
+        entries = json.loads(text)
     except (UnicodeDecodeError, json.JSONDecodeError):
         return None
     if not (isinstance(entries, list) and entries and isinstance(entries[0], dict)
@@ -109,12 +136,12 @@ def _manifest_entries(path: Path) -> list[Path] | None:
 def _resolve(prefix: str, key: str, manifest: Path) -> Path:
     parsed = urlparse(prefix)
     if parsed.scheme in ("", "file"):
-        base = Path(parsed.path if parsed.scheme else prefix)
+        base = Path(url2pathname(parsed.path) if parsed.scheme else prefix)
         base = base if base.is_absolute() else manifest.parent / base
         candidate = base / key
     else:  # s3:// and friends: the objects must have been copied beside the manifest
         candidate = manifest.parent / key
-    if ".." in Path(key).parts or not candidate.is_file():
+    if ".." in Path(key).parts or Path(key).is_absolute() or not candidate.is_file():
         raise DataError(f"{manifest}: manifest entry {key!r} (prefix {prefix!r}) is not a "
                         f"readable file at {candidate}; remote objects must be downloaded "
                         "beside the manifest")

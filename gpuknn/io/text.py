@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -73,7 +74,6 @@ def _parse_block(block: bytes, name: str, line: int, label_size: int, n_cols: in
                             na_filter=False, skip_blank_lines=False).to_numpy(np.float32)
     except (ValueError, TypeError):
         _locate_bad_cell(block, name, line)
-        raise
     labels = table[:, 0].copy() if label_size else None
     return np.ascontiguousarray(table[:, label_size:]), labels, line
 
@@ -101,14 +101,18 @@ def _fields_per_line(block: bytes, name: str, line: int) -> np.ndarray:
     return commas[ends] - commas[starts] + 1
 
 
+NUMBER = re.compile(r"\s*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\s*")
+
+
 def _locate_bad_cell(block: bytes, name: str, line: int) -> None:
+    """Raise a DataError naming the first cell that is not a plain decimal number."""
     for offset, text in enumerate(block.decode("utf-8").splitlines()):
         for column, cell in enumerate(text.split(","), start=1):
-            try:
-                float(cell)
-            except ValueError:
+            if not NUMBER.fullmatch(cell):
                 raise DataError(f"{name}: line {line + offset}, column {column}: {cell.strip()!r}"
-                                f" is not a number") from None
+                                " is not a number")
+    last = line + block.count(b"\n")
+    raise DataError(f"{name}: lines {line} to {last}: could not be read as numbers")
 
 
 # -- JSON ------------------------------------------------------------------------------------
@@ -124,9 +128,9 @@ def iter_jsonlines(stream: Stream, *, batch_size: int) -> Iterator[Rows]:
     """Yield feature batches of a JSON Lines stream, one instance per non-empty line."""
     pending: list[Any] = []
     first = line = 1
-    for line, raw in enumerate(io.TextIOWrapper(_Raw(stream), encoding="utf-8"), start=1):
+    for line, raw in enumerate(_byte_lines(stream), start=1):
         if raw.strip():
-            pending.append((line, _load(raw.encode(), f"{stream.name}: line {line}")))
+            pending.append((line, _load(raw, f"{stream.name}: line {line}")))
         if len(pending) >= batch_size:
             yield _jsonl_batch(pending, stream.name), None, first
             pending, first = [], line + 1
@@ -134,19 +138,15 @@ def iter_jsonlines(stream: Stream, *, batch_size: int) -> Iterator[Rows]:
         yield _jsonl_batch(pending, stream.name), None, first
 
 
-class _Raw(io.RawIOBase):
-    """Adapter so that TextIOWrapper can read a Stream (and report bad UTF-8)."""
-
-    def __init__(self, stream: Stream):
-        self.stream = stream
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        data = self.stream.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
+def _byte_lines(stream: Stream) -> Iterator[bytes]:
+    """The lines of a stream as bytes (decoded later, so bad UTF-8 is reported by line)."""
+    carry = b""
+    while chunk := stream.read(BLOCK_BYTES):
+        lines = (carry + chunk).split(b"\n")
+        carry = lines.pop()
+        yield from lines
+    if carry:
+        yield carry
 
 
 def _jsonl_batch(pending, name: str):
