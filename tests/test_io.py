@@ -45,6 +45,12 @@ DATA = Path(__file__).parent / "data" / "recordio"
 needs_fifo = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX named pipes")
 
 
+@pytest.fixture(autouse=True, params=["mmap", "blocks"])
+def recordio_reader(request, monkeypatch):
+    """Every test runs twice: regular files memory-mapped whole, and streamed in blocks."""
+    monkeypatch.setattr(gpuknn.io.recordio, "MEMORY_MAP", request.param == "mmap")
+
+
 # --------------------------------------------------------------------------------- helpers
 
 def at(*places: str) -> str:

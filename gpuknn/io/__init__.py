@@ -61,16 +61,21 @@ def iter_batches(source: Any, content_type: str = RECORDIO, batch_size: int = 50
     DataError
         Naming the file and the byte offset, record, line or column at fault.
     """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    yield from _rebatch(_blocks(source, content_type, label_size, batch_size), batch_size)
+
+
+def _blocks(source: Any, content_type: str, label_size: int | None,
+            batch_size: int) -> Iterator[Batch]:
+    """Decoded, consistency-checked blocks of at most ``batch_size`` rows, in order."""
     kind, parameters = _parse_content_type(content_type)
     if label_size is None:
         label_size = _label_size(parameters.get("label_size", "1" if kind == CSV else "0"))
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
-    blocks = _Consistent().check(
-        (stream.name, block) for stream in iter_streams(source)
-        for block in _decode(stream, kind, label_size, batch_size))
     seen_rows = False
-    for X, y in _rebatch(blocks, batch_size):
+    for X, y in _Consistent().check(
+            (stream.name, block) for stream in iter_streams(source)
+            for block in _decode(stream, kind, label_size, batch_size)):
         seen_rows = True
         yield X, y
     if not seen_rows:
@@ -107,11 +112,14 @@ class _Consistent:
 
 def read(source: Any, content_type: str = RECORDIO, label_size: int | None = None) -> Batch:
     """All of a source at once: ``(X, y)`` as :func:`iter_batches` yields them, concatenated."""
-    batches = list(iter_batches(source, content_type, batch_size=1 << 20, label_size=label_size))
+    batches = list(_blocks(source, content_type, label_size, batch_size=1 << 16))
     features = [X for X, _ in batches]
-    X = sp.vstack(features, format="csr") if sp.issparse(features[0]) else np.concatenate(features)
+    if any(sp.issparse(X) for X in features):
+        X = sp.vstack(features, format="csr")
+    else:
+        X = features[0] if len(features) == 1 else np.concatenate(features)
     labels = [y for _, y in batches]
-    y = None if labels[0] is None else np.concatenate(labels)
+    y = None if labels[0] is None else labels[0] if len(labels) == 1 else np.concatenate(labels)
     return X, y
 
 

@@ -132,9 +132,10 @@ def decode_run(payloads: np.ndarray) -> Decoded | None:
 
 
 def _values(payloads: np.ndarray, start: int, end: int, dtype: str, width: int) -> np.ndarray:
-    block = np.ascontiguousarray(payloads[:, start:end])
-    values = block.view(dtype).reshape(payloads.shape[0], (end - start) // width)
-    return values.astype(np.float32, copy=False)
+    """The values as float32, in one copy from a strided typed view of the payload bytes."""
+    if start == end:
+        return np.empty((payloads.shape[0], 0), dtype=np.float32)
+    return payloads[:, start:end].view(dtype).astype(np.float32)
 
 
 # -- the general path ------------------------------------------------------------------------

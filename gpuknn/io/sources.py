@@ -29,9 +29,10 @@ MANIFEST_MAX_BYTES = 256 << 20
 class Stream:
     """A named binary stream (gzip already unwrapped)."""
 
-    def __init__(self, name: str, handle: Any):
+    def __init__(self, name: str, handle: Any, path: Path | None = None):
         self.name = name
         self.handle = handle
+        self.path = path  # set for a regular, uncompressed file, which may be memory-mapped
 
     def read(self, size: int = -1) -> bytes:
         """Read up to ``size`` bytes; a cut-short gzip stream becomes a DataError."""
@@ -60,7 +61,11 @@ def iter_streams(source: Any) -> Iterator[Stream]:
         raise DataError(f"{path}: the directory holds no data files")
     for file in files:
         with open(file, "rb", buffering=0) as handle:
-            yield _unwrap(str(file), handle)
+            stream = _unwrap(str(file), handle)
+            if not isinstance(stream.handle, gzip.GzipFile) and stat.S_ISREG(
+                    os.fstat(handle.fileno()).st_mode):
+                stream.path = file
+            yield stream
 
 
 def _files_of(path: Path) -> list[Path]:

@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -31,29 +34,55 @@ Rows = tuple[Any, np.ndarray | None, int]  # features, labels, number of the fir
 
 
 def iter_csv(stream: Stream, *, label_size: int) -> Iterator[Rows]:
-    """Yield ``(features, labels, first_line)`` per block of a CSV stream (lines are 1-based)."""
+    """Yield ``(features, labels, first_line)`` per block of a CSV stream (lines are 1-based).
+
+    Blocks are read in order and parsed on one thread per core (pandas' parser releases
+    the GIL); at most two blocks per thread are in flight, and results come in order.
+    """
     if label_size not in (0, 1):
         raise DataError(f"label_size must be 0 or 1 for k-NN (one label per row); got "
                         f"{label_size}")
+    blocks = _line_blocks(stream)
+    first = next(blocks, None)
+    if first is None:
+        return
+    features, labels, line = _parse_block(first[0], stream.name, first[1], label_size, None)
+    yield features, labels, line
+    n_cols = features.shape[1] + label_size
+    workers = _cpu_count()
+    with ThreadPoolExecutor(workers) as pool:
+        in_flight: deque = deque()
+        for block, line in blocks:
+            in_flight.append(pool.submit(_parse_block, block, stream.name, line, label_size,
+                                         n_cols))
+            if len(in_flight) > 2 * workers:
+                yield in_flight.popleft().result()
+        while in_flight:
+            yield in_flight.popleft().result()
+
+
+def _line_blocks(stream: Stream) -> Iterator[tuple[bytes, int]]:
+    """``(block, number of its first line)`` for blocks of whole lines of about BLOCK_BYTES."""
     carry = b""
     line = 1
-    n_cols = None
-    while True:
-        chunk = stream.read(BLOCK_BYTES)
+    while chunk := stream.read(BLOCK_BYTES):
         data = carry + chunk
-        if not chunk:
-            if data.strip():
-                yield _parse_block(data, stream.name, line, label_size, n_cols)
-            return
         cut = data.rfind(b"\n") + 1
         if cut == 0:
             carry = data
             continue
         block, carry = data[:cut], data[cut:]
-        features, labels, _ = _parse_block(block, stream.name, line, label_size, n_cols)
-        n_cols = features.shape[1] + label_size
-        yield features, labels, line
+        yield block, line
         line += block.count(b"\n")
+    if carry.strip():
+        yield carry, line
+
+
+def _cpu_count() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 def _parse_block(block: bytes, name: str, line: int, label_size: int, n_cols: int | None):
@@ -70,7 +99,7 @@ def _parse_block(block: bytes, name: str, line: int, label_size: int, n_cols: in
     try:
         import pandas as pd  # noqa: PLC0415 - loaded only for CSV
 
-        table = pd.read_csv(io.BytesIO(block), header=None, dtype=np.float64, engine="c",
+        table = pd.read_csv(io.BytesIO(block), header=None, dtype=np.float32, engine="c",
                             na_filter=False, skip_blank_lines=False).to_numpy(np.float32)
     except (ValueError, TypeError):
         _locate_bad_cell(block, name, line)
@@ -92,13 +121,14 @@ def _fields_per_line(block: bytes, name: str, line: int) -> np.ndarray:
     if raw.size == 0:
         raise DataError(f"{name}: line {line}: empty line (every line must be a row)")
     newlines = np.flatnonzero(raw == ord("\n"))
-    commas = np.concatenate([[0], np.cumsum(raw == ord(","))])
+    commas = np.flatnonzero(raw == ord(","))
     ends = np.concatenate([newlines, [raw.size]])
     starts = np.concatenate([[0], newlines + 1])
     empty = np.flatnonzero(ends - starts <= (raw[np.maximum(ends - 1, 0)] == ord("\r")))
     if empty.size:
         raise DataError(f"{name}: line {line + empty[0]}: empty line (every line must be a row)")
-    return commas[ends] - commas[starts] + 1
+    # commas before each line end, minus commas before its start
+    return np.searchsorted(commas, ends) - np.searchsorted(commas, starts) + 1
 
 
 NUMBER = re.compile(r"\s*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\s*")
