@@ -101,6 +101,10 @@ class KNN:
         for features, labels in self._batches(X, y, content_type, label_size):
             sampler.add(features.toarray() if sp.issparse(features) else features, labels)
         features, labels, ids = sampler.result()
+        if labels is None and _is_source(X):
+            raise DataError(f"{io.sources.name_of(X)}: the training data has no labels "
+                            "(label[\"values\"] in RecordIO records, the first column of CSV "
+                            "with label_size=1); k-NN predicts from the neighbours' labels")
         logger.info("sampled %d of %d rows in %.2f s", len(ids), sampler.rows_seen,
                     time.perf_counter() - started)
         self.model = build_model(features, labels, ids, hp, device=device,
@@ -114,7 +118,7 @@ class KNN:
         if _is_array(X):
             yield from _array_batches(X, y, batch_size)
             return
-        if isinstance(X, (str, os.PathLike)) or hasattr(X, "read"):
+        if _is_source(X):
             if y is not None:
                 raise DataError("y must be None when X is a data source: labels come from it")
             yield from io.iter_batches(X, content_type, batch_size, label_size)
@@ -159,6 +163,11 @@ class KNN:
     def __repr__(self) -> str:
         given = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"KNN({given})"
+
+
+def _is_source(X: Any) -> bool:
+    """A path (file, directory, manifest, pipe) or an open binary file."""
+    return isinstance(X, (str, os.PathLike)) or hasattr(X, "read")
 
 
 def _is_array(X: Any) -> bool:

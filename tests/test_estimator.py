@@ -253,3 +253,16 @@ def test_gpu_estimator_matches_cpu(mnist, index_type, reduction):
     assert recall_at_k(gpu_indices, cpu_indices) >= 0.999
     agree = np.mean(cupy.asnumpy(gpu.predict(cupy.asarray(Q))) == cpu.predict(Q))
     assert agree >= 0.999
+
+
+def test_training_source_without_labels_is_refused(tmp_path, digits):
+    from gpuknn.io import write_recordio
+
+    X, _, Q, _ = digits
+    path = tmp_path / "unlabelled.pbr"
+    write_recordio(path, X)
+    with pytest.raises(DataError, match=r"unlabelled\.pbr: the training data has no labels"):
+        KNN(k=3, predictor_type="classifier", sample_size=100, device="cpu").fit(path)
+    # In-memory arrays without y stay allowed: an index for kneighbors only.
+    assert KNN(k=3, predictor_type="classifier", sample_size=100, device="cpu").fit(X).kneighbors(
+        Q[:2])[1].shape == (2, 3)
