@@ -22,13 +22,23 @@ def _parser() -> argparse.ArgumentParser:
     quick.add_argument("--index-metric", choices=("L2", "INNER_PRODUCT", "COSINE"),
                        default="L2")
     quick.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    train = commands.add_parser(
+        "train", help="run a SageMaker training job from an ml root (the container's 'train')")
+    train.add_argument("--ml-root", default=None,
+                       help="default: $GPUKNN_ML_ROOT, else /opt/ml")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a ``gpuknn`` subcommand; returns the process exit code."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                        stream=sys.stdout)
+    logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader logs every attempt
+    if args.command == "train":
+        from gpuknn import train  # noqa: PLC0415 - keep start-up light
+
+        return train.main(args.ml_root)
     try:
         if args.command == "quickstart":
             from gpuknn import quickstart  # noqa: PLC0415 - keep start-up light

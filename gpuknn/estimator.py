@@ -129,7 +129,8 @@ class KNN:
             raise DataError(f"X must be an array or an iterable of (X, y) batches; got {type(X)}")
         for batch in X:
             features, labels = batch
-            yield _backend.to_host(features), None if labels is None else _backend.to_host(labels)
+            features = features if sp.issparse(features) else _backend.to_host(features)
+            yield features, None if labels is None else _backend.to_host(labels)
 
     @property
     def fitted_model(self) -> KNNModel:
