@@ -173,6 +173,7 @@ def _save(model: KNNModel, env: TrainingEnvironment) -> None:
     staging = Path(tempfile.mkdtemp(prefix=".gpuknn-model-", dir=_staging_parent(env)))
     try:
         model_io.save(model, staging)
+        _clear_model_dir(env)  # no old JSON beside new files, no stale reduction file
         names = [p.name for p in staging.iterdir() if p.name != model_io.METADATA]
         for name in [*names, model_io.METADATA]:  # the JSON last: it marks a complete model
             shutil.move(str(staging / name), str(env.model_dir / name))
@@ -198,7 +199,8 @@ def _staging_parent(env: TrainingEnvironment) -> Path | None:
 
 
 def _clear_model_dir(env: TrainingEnvironment) -> None:
-    for name in model_io.KNOWN_FILES:
+    """Remove gpuknn's model files from ``model/``, the JSON (the commit record) first."""
+    for name in (model_io.METADATA, *model_io.KNOWN_FILES):
         (env.model_dir / name).unlink(missing_ok=True)
 
 
@@ -206,12 +208,20 @@ def _score(model: KNNModel, env: TrainingEnvironment, hp: Hyperparameters) -> di
     """Score the test channel; logs SageMaker's metric lines."""
     started = time.perf_counter()
     channel = env.channels["test"]
+    source = channel.source(env.root)
     errors, total = 0.0, 0
     for X, y in _progress(_batches(channel, env, hp.mini_batch_size), "test"):
         if y is None:
-            raise DataError(f"{channel.source(env.root)}: the test data has no labels")
+            raise DataError(f"{source}: the test data has no labels")
+        if X.shape[1] != model.feature_dim:
+            raise DataError(f"{source}: test records have {X.shape[1]} features; the model was "
+                            f"trained on {model.feature_dim}")
         dense = X.toarray() if hasattr(X, "toarray") else X
-        predicted = model.predict(dense)
+        try:
+            predicted = model.predict(dense)
+        except DataError as err:
+            raise DataError(f"{source}: test rows {total} to {total + len(y) - 1} (0-based): "
+                            f"{err}") from None
         errors += float(np.sum((predicted != y) if hp.predictor_type == "classifier"
                                else (predicted.astype(np.float64) - y) ** 2))
         total += len(y)
