@@ -49,10 +49,17 @@ class ExactSearch:
         self.metric = metric
         self.tile_bytes = int(tile_bytes)
         self.vectors = xp.ascontiguousarray(vectors, dtype=xp.float32)
+        # L2 is translation-invariant: centring on the mean keeps |x|^2 small, so the float32
+        # surrogate |x|^2 - 2<q,x> loses less to cancellation (it picked wrong neighbours on
+        # covtype-like data with |x|^2 ~ 2e7 before). Inner products are not: no centring.
+        # The centre is rounded to whole numbers so that integer data stays exact (and its
+        # distance ties stay ties, broken by the smaller row as before).
+        self._center = xp.round(self.vectors.mean(axis=0)) if metric == "L2" else None
+        base = self.vectors - self._center if metric == "L2" else self.vectors
         # Scaled copy so that one GEMM yields the ranking surrogate without an extra pass.
         scale = -2.0 if metric == "L2" else -1.0
-        self._scaled = self.vectors * xp.float32(scale)
-        self._sq_norms = (self.vectors * self.vectors).sum(axis=1) if metric == "L2" else None
+        self._scaled = base * xp.float32(scale)
+        self._sq_norms = (base * base).sum(axis=1) if metric == "L2" else None
 
     @property
     def ntotal(self) -> int:
@@ -88,8 +95,10 @@ class ExactSearch:
         chunks = [slice(s, min(s + QUERY_CHUNK, n_queries))
                   for s in range(0, n_queries, QUERY_CHUNK)]
 
+        ranked = queries - self._center if self._center is not None else queries
+
         def run(chunk: slice) -> None:
-            candidates = self._candidates(queries[chunk], k)
+            candidates = self._candidates(ranked[chunk], k)
             distances[chunk], positions[chunk] = self._finalize(queries[chunk], *candidates, k)
 
         workers = _cpu_workers() if xp is np else 1
