@@ -36,13 +36,10 @@ smoke test never overwrites a full run.
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import importlib
 import json
 import os
-import platform
-import socket
 import statistics
 import sys
 import time
@@ -55,6 +52,7 @@ import numpy as np
 import scipy
 import sklearn
 import threadpoolctl
+from _machine import machine  # bench/_machine.py, beside this script
 from sklearn.neighbors import KNeighborsClassifier
 
 import gpuknn
@@ -358,55 +356,16 @@ def make_rows(w: Workload, ops: list[Operation]) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------------------
 # Environment
 # ----------------------------------------------------------------------------------------
-def cpu_description() -> dict[str, Any]:
-    """CPU model, core counts and the SIMD flags that matter to BLAS kernels."""
-    model, flags, cores = None, set(), set()
-    physical_id = core_id = None
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        text = ""
-    for line in text.splitlines():
-        key, _, value = (part.strip() for part in line.partition(":"))
-        if key == "model name" and model is None:
-            model = value
-        elif key == "flags" and not flags:
-            flags = set(value.split())
-        elif key == "physical id":
-            physical_id = value
-        elif key == "core id":
-            core_id = value
-            cores.add((physical_id, core_id))
-    wanted = ["sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
-              "avx512_bf16", "amx_tile"]
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    return {"model": model or platform.processor() or platform.machine(),
-            "logical_cpus": os.cpu_count(), "usable_cpus": usable,
-            "physical_cores": len(cores) or None,
-            "simd_flags": [f for f in wanted if f in flags]}
-
-
 def environment() -> dict[str, Any]:
     """Versions, CPU and every loaded thread pool (call after the engines have run)."""
-    thread_env = {name: os.environ[name] for name in
-                  ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                   "OPENBLAS_CORETYPE") if name in os.environ}
     return {
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "hostname": socket.gethostname(),
-        "platform": platform.platform(),
-        "python": sys.version.split()[0],
-        "cpu": cpu_description(),
+        **machine(),
         "versions": {"gpuknn": gpuknn.__version__, "numpy": np.__version__,
                      "faiss": faiss.__version__, "scikit-learn": sklearn.__version__,
                      "scipy": scipy.__version__, "threadpoolctl": threadpoolctl.__version__},
         "faiss_compile_options": faiss.get_compile_options(),
         "faiss_omp_max_threads": faiss.omp_get_max_threads(),
         "sklearn_openmp_started_before_faiss_import": True,
-        "thread_env": thread_env,
         "threadpool_info": threadpoolctl.threadpool_info(),
     }
 

@@ -66,15 +66,12 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import datetime
 import gc
 import io
 import json
 import logging
 import os
-import platform
 import pstats
-import socket
 import statistics
 import sys
 import tempfile
@@ -86,6 +83,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from _machine import machine  # bench/_machine.py, beside this script
 from google.protobuf import __version__ as protobuf_version
 from google.protobuf.internal import api_implementation
 
@@ -494,26 +492,8 @@ def _short(filename: str) -> str:
 # Environment and report
 # ----------------------------------------------------------------------------------------
 def environment() -> dict[str, Any]:
-    model = None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.partition(":")[2].strip()
-                break
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
     return {
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "hostname": socket.gethostname(),
-        "platform": platform.platform(),
-        "python": sys.version.split()[0],
-        "python_executable": sys.executable,
-        "cpu": {"model": model or platform.processor() or platform.machine(),
-                "logical_cpus": os.cpu_count(), "usable_cpus": usable},
+        **machine(),
         "versions": {"gpuknn": gpuknn.__version__, "numpy": np.__version__,
                      "pandas": pd.__version__, "protobuf": protobuf_version,
                      "sagemaker": None if SDK_MISSING else sagemaker.__version__},

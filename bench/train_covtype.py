@@ -105,11 +105,9 @@ import datetime
 import hashlib
 import json
 import os
-import platform
 import pstats
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -120,6 +118,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _machine import machine  # bench/_machine.py, beside this script
 
 import gpuknn
 from gpuknn.io import write_recordio
@@ -648,52 +647,19 @@ def source_state() -> dict[str, Any]:
 
 def environment() -> dict[str, Any]:
     """CPU, cores, versions and the training process's thread pools."""
-    model, flags = None, []
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model is None:
-                model = line.partition(":")[2].strip()
-            if line.startswith("flags") and not flags:
-                flags = line.partition(":")[2].split()
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    memory = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                memory = round(int(line.split()[1]) / 2**20, 1)
-    except OSError:
-        pass
     probe = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
                            check=False)
     try:
         training = json.loads(probe.stdout)
     except json.JSONDecodeError:
         training = {"error": probe.stderr[-2000:]}
-    thread_env = {name: os.environ[name] for name in
-                  ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                   "OMP_WAIT_POLICY", "OPENBLAS_CORETYPE") if name in os.environ}
     return {
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "hostname": socket.gethostname(),
-        "platform": platform.platform(),
-        "python": sys.version.split()[0],
-        "python_executable": sys.executable,
-        "cpu": {"model": model or platform.processor() or platform.machine(),
-                "logical_cpus": os.cpu_count(), "usable_cpus": usable,
-                "simd": [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile")
-                         if f in flags]},
-        "memory_gib": memory,
+        **machine(),
         "versions": {"gpuknn": gpuknn.__version__, **{
             key: training.get(key) for key in ("numpy", "scipy", "faiss", "threadpoolctl")}},
         "training_device": training.get("device"),
         "training_gpuknn_file": training.get("gpuknn_file"),
         "gpuknn_source": source_state(),
-        "thread_env": thread_env,
         "training_threadpools": [
             {key: lib.get(key) for key in ("internal_api", "version", "num_threads",
                                            "architecture", "threading_layer", "filepath")}
@@ -938,7 +904,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines += _analysis_lines(report)
     lines += ["## Environment", "",
               f"- Platform {env['platform']}, host {env['hostname']}; SIMD "
-              f"{', '.join(cpu['simd'])}; thread variables {env['thread_env'] or 'none'}.",
+              f"{', '.join(cpu.get('simd_flags', cpu.get('simd', [])))}; "  # 'simd' in old JSON
+              f"thread variables {env['thread_env'] or 'none'}.",
               "- Thread pools of the training process (numpy, faiss):"]
     lines += [f"  - {lib['internal_api']} {lib['version']}, {lib['num_threads']} threads, "
               f"{lib['architecture']}, `{Path(str(lib['filepath'])).name}`"
