@@ -26,7 +26,50 @@ def _parser() -> argparse.ArgumentParser:
         "train", help="run a SageMaker training job from an ml root (the container's 'train')")
     train.add_argument("--ml-root", default=None,
                        help="default: $GPUKNN_ML_ROOT, else /opt/ml")
+    _add_serve(commands)
+    _add_transform(commands)
     return parser
+
+
+def _add_serve(commands) -> None:
+    serve = commands.add_parser(
+        "serve", help="serve a model over HTTP (the container's 'serve'): /ping, /invocations")
+    serve.add_argument("--ml-root", default=None,
+                       help="the model is <ml root>/model (default root: $GPUKNN_ML_ROOT, "
+                            "else /opt/ml)")
+    serve.add_argument("--model", default=None, help="a model directory or model.tar.gz "
+                                                     "(instead of <ml root>/model)")
+    serve.add_argument("--host", default="0.0.0.0")
+    serve.add_argument("--port", type=int, default=None,
+                       help="default: $SAGEMAKER_BIND_TO_PORT, else 8080")
+    serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    serve.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    serve.add_argument("--max-batch-rows", type=int, default=4096,
+                       help="rows per coalesced search batch (default 4096)")
+    serve.add_argument("--max-wait-ms", type=float, default=2.0,
+                       help="longest wait for requests still arriving (default 2 ms)")
+    serve.add_argument("--max-payload-mb", type=float, default=None,
+                       help="larger bodies get 413 (default: $SAGEMAKER_MAX_PAYLOAD_IN_MB, "
+                            "else 6)")
+    serve.add_argument("--access-log", action="store_true", help="log every request")
+
+
+def _add_transform(commands) -> None:
+    transform = commands.add_parser(
+        "transform", help="batch transform: one <name>.out per input file, like SageMaker's")
+    transform.add_argument("--model", required=True, help="a model directory or model.tar.gz")
+    transform.add_argument("--input", required=True, help="an input file or directory")
+    transform.add_argument("--output", required=True, help="directory for the .out files")
+    transform.add_argument("--content-type", required=True,
+                           help="text/csv, application/jsonlines, application/json or "
+                                "application/x-recordio-protobuf")
+    transform.add_argument("--split-type", choices=("Line", "RecordIO", "None"), default=None,
+                           help="default: Line for CSV and JSON Lines, RecordIO for RecordIO, "
+                                "None for JSON")
+    transform.add_argument("--accept", default="application/jsonlines",
+                           help="output format (default application/jsonlines)")
+    transform.add_argument("--batch-rows", type=int, default=4096)
+    transform.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -39,16 +82,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         from gpuknn import train  # noqa: PLC0415 - keep start-up light
 
         return train.main(args.ml_root)
+    if args.command == "serve":
+        return _serve(args)
     try:
         if args.command == "quickstart":
             from gpuknn import quickstart  # noqa: PLC0415 - keep start-up light
 
             quickstart.run(k=args.k, index_type=args.index_type,
                            index_metric=args.index_metric, device=args.device, out=sys.stdout)
+        elif args.command == "transform":
+            _transform(args)
     except ClientError as err:
         print(f"gpuknn {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from gpuknn.serving import app, server  # noqa: PLC0415 - keep start-up light
+
+    payload = args.max_payload_mb or app.default_max_payload_mb()
+    settings = app.ServeSettings(server.model_location(args.ml_root, args.model), args.device,
+                                 args.max_batch_rows, args.max_wait_ms, payload)
+    return server.serve(settings, host=args.host, port=args.port, workers=args.workers,
+                        access_log=args.access_log)
+
+
+def _transform(args: argparse.Namespace) -> None:
+    from pathlib import Path  # noqa: PLC0415
+
+    from gpuknn.model import KNNModel  # noqa: PLC0415 - keep start-up light
+    from gpuknn.serving import transform  # noqa: PLC0415 - keep start-up light
+
+    job = transform.TransformJob(Path(args.input), Path(args.output), args.content_type,
+                                 args.split_type, args.accept, args.batch_rows)
+    report = transform.run(KNNModel.load(args.model, device=args.device), job)
+    print(f"gpuknn transform: {len(report.written)} file(s) written, {len(report.skipped)} "
+          f"skipped (output exists), {report.rows} rows answered")
 
 
 if __name__ == "__main__":

@@ -40,6 +40,24 @@ class DataError(ClientError):
     """Input data that cannot be used (wrong shape, NaN, too few rows...)."""
 
 
+class UnsupportedMediaTypeError(ClientError):
+    """A request body in a content type the server does not read (HTTP 415)."""
+
+    status_code = 415
+
+
+class NotAcceptableError(ClientError):
+    """An ``Accept`` header naming no format the server writes (HTTP 406)."""
+
+    status_code = 406
+
+
+class PayloadTooLargeError(ClientError):
+    """A request body over the payload limit (HTTP 413)."""
+
+    status_code = 413
+
+
 class ModelFileError(ClientError):
     """A saved model that is missing, corrupt, truncated or of another version."""
 

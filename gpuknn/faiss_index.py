@@ -165,6 +165,20 @@ def read_index(data: bytes, name: str) -> Any:
         raise ModelFileError(f"{name}: not a readable faiss index ({first_line})") from None
 
 
+def map_index_file(path: str) -> Any:
+    """Read an index file with faiss's memory mapping of inverted lists (IVF indexes).
+
+    The lists stay in the page cache, shared by every process that maps the file
+    (several server workers), instead of one private copy each.
+    """
+    faiss = require_faiss()
+    try:
+        return faiss.read_index(path, faiss.IO_FLAG_MMAP)
+    except RuntimeError as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else "unreadable"
+        raise ModelFileError(f"{path}: not a readable faiss index ({first_line})") from None
+
+
 def flat_vectors(index: Any) -> np.ndarray:
     """The vectors stored in a faiss ``IndexFlat``, as an (ntotal, d) float32 copy."""
     faiss = require_faiss()

@@ -8,6 +8,7 @@ searched, and the neighbours' labels are turned into predictions.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -58,6 +59,39 @@ class Preparation:
             padded[:, : X.shape[1]] = X
             X = padded
         return xp.ascontiguousarray(X, dtype=xp.float32)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The result of one search, as :meth:`KNNModel.answer` returns it (host arrays).
+
+    Attributes
+    ----------
+    predicted_label : ndarray of shape (n_queries,), float32, or None
+        Majority vote or mean; None for a model without labels.
+    distances : ndarray of shape (n_queries, k), float32
+        Nearest first, in the convention of :mod:`gpuknn.metrics`.
+    ids : ndarray of shape (n_queries, k), int64
+        Training-row ids of the neighbours.
+    labels : ndarray of shape (n_queries, k), float32, or None
+        The neighbours' labels.
+    probabilities : ndarray of shape (n_queries, n_classes), float32, or None
+        Vote shares per class (columns follow ``KNNModel.classes_``); classifiers only.
+    """
+
+    predicted_label: np.ndarray | None
+    distances: np.ndarray
+    ids: np.ndarray
+    labels: np.ndarray | None
+    probabilities: np.ndarray | None
+
+    def rows(self, selection: slice) -> Answer:
+        """The answer for a contiguous run of the queries."""
+        def take(array):
+            return None if array is None else array[selection]
+
+        return Answer(take(self.predicted_label), self.distances[selection],
+                      self.ids[selection], take(self.labels), take(self.probabilities))
 
 
 class KNNModel:
@@ -145,11 +179,7 @@ class KNNModel:
         """
         k = self.k if k is None else check_k(k, self.n_indexed)
         distances, positions = self._search(X, k)
-        xp = self.xp
-        ids = self._on_device("ids", self.ids)
-        found = positions != MISSING_INDEX
-        indices = xp.where(found, ids[xp.where(found, positions, 0)], MISSING_INDEX)
-        return self._out(X, distances), self._out(X, indices)
+        return self._out(X, distances), self._out(X, self._ids_of(positions))
 
     def predict(self, X: ArrayLike) -> ArrayLike:
         """Predicted label of every query: majority vote (classifier) or mean (regressor).
@@ -163,16 +193,8 @@ class KNNModel:
         array of shape (n_queries,), float32
             Vote ties go to the smallest label.
         """
-        xp = self.xp
         _, positions = self._search(X, self.k)
-        if self.predictor_type == "regressor":
-            labels = self._on_device("labels", self._require_labels())
-            found = positions != MISSING_INDEX
-            return self._out(X, predict.mean_labels(labels[xp.where(found, positions, 0)],
-                                                    found, xp=xp))
-        counts = self._vote(positions)
-        classes = self._on_device("classes", self.classes_)
-        return self._out(X, classes[predict.majority(counts, xp=xp)])
+        return self._out(X, self._predicted(positions))
 
     def predict_proba(self, X: ArrayLike) -> ArrayLike:
         """Vote shares of every class among the k neighbours (classifiers).
@@ -187,10 +209,57 @@ class KNNModel:
         _, positions = self._search(X, self.k)
         return self._out(X, predict.vote_shares(self._vote(positions), xp=self.xp))
 
+    def answer(self, X: ArrayLike) -> Answer:
+        """Everything one search says about the queries: what the server's verbose mode returns.
+
+        Parameters
+        ----------
+        X : array of shape (n_queries, feature_dim)
+
+        Returns
+        -------
+        Answer
+            Host (numpy) arrays, whatever the device.
+        """
+        distances, positions = self._search(X, self.k)
+        host = _backend.to_host
+        labelled = self.labels is not None
+        classifier = labelled and self.predictor_type == "classifier"
+        return Answer(
+            predicted_label=host(self._predicted(positions)) if labelled else None,
+            distances=host(distances),
+            ids=host(self._ids_of(positions)),
+            labels=host(self._neighbour_labels(positions)) if labelled else None,
+            probabilities=(host(predict.vote_shares(self._vote(positions), xp=self.xp))
+                           if classifier else None),
+        )
+
+    def _ids_of(self, positions: ArrayLike) -> ArrayLike:
+        xp = self.xp
+        ids = self._on_device("ids", lambda: self.ids)
+        found = positions != MISSING_INDEX
+        return xp.where(found, ids[xp.where(found, positions, 0)], MISSING_INDEX)
+
+    def _neighbour_labels(self, positions: ArrayLike) -> ArrayLike:
+        """Label of every neighbour, NaN where a neighbour is missing."""
+        xp = self.xp
+        labels = self._on_device("labels", self._require_labels)
+        found = positions != MISSING_INDEX
+        return xp.where(found, labels[xp.where(found, positions, 0)], xp.float32(xp.nan))
+
+    def _predicted(self, positions: ArrayLike) -> ArrayLike:
+        xp = self.xp
+        if self.predictor_type == "regressor":
+            labels = self._on_device("labels", self._require_labels)
+            found = positions != MISSING_INDEX
+            return predict.mean_labels(labels[xp.where(found, positions, 0)], found, xp=xp)
+        classes = self._on_device("classes", lambda: self.classes_)
+        return classes[predict.majority(self._vote(positions), xp=xp)]
+
     def _vote(self, positions: ArrayLike) -> ArrayLike:
         xp = self.xp
         label_classes = self._on_device(
-            "label_classes", np.searchsorted(self.classes_, self._require_labels()))
+            "label_classes", lambda: np.searchsorted(self.classes_, self._require_labels()))
         neighbour_classes = xp.where(positions != MISSING_INDEX,
                                      label_classes[xp.where(positions >= 0, positions, 0)], -1)
         return predict.vote_counts(neighbour_classes, len(self.classes_), xp=xp)
@@ -226,9 +295,10 @@ class KNNModel:
             raise ClientError("this model was trained without labels; only kneighbors works")
         return self.labels
 
-    def _on_device(self, name: str, array: np.ndarray) -> ArrayLike:
+    def _on_device(self, name: str, make: Callable[[], np.ndarray]) -> ArrayLike:
+        """A host array, computed by ``make`` once and kept on the model's device."""
         if name not in self._device_arrays:
-            self._device_arrays[name] = _backend.to_device(array, self.xp)
+            self._device_arrays[name] = _backend.to_device(make(), self.xp)
         return self._device_arrays[name]
 
     @staticmethod

@@ -43,6 +43,7 @@ from gpuknn.faiss_index import (
     flat_vectors,
     index_bytes,
     index_kind,
+    map_index_file,
     read_index,
 )
 from gpuknn.hyperparameters import parse
@@ -320,4 +321,8 @@ def _index(files: dict[str, bytes], meta: dict[str, Any], hp, device: str, origi
     if kind == "faiss.Flat":
         xp = _backend.array_module(device)
         return ExactSearch(_backend.to_device(flat_vectors(index), xp), hp.index_metric, xp=xp)
+    if origin.is_dir():
+        # The file's checksum was verified above; map it so processes share the lists.
+        del index
+        index = map_index_file(str(origin / INDEX))
     return IVFSearch(index, hp.index_metric, hp.faiss_index_nprobe)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
+from _wire import find_sdk_python
 
 from gpuknn import _backend
 from gpuknn.datasets import load_letter, load_mnist
@@ -55,3 +58,14 @@ def digits():
     X, y = load_digits(return_X_y=True)
     X, y = X.astype(np.float32), y.astype(np.float32)
     return X[:1500], y[:1500], X[1500:], y[1500:]
+
+
+@pytest.fixture(scope="session")
+def sdk_python():
+    """The interpreter with the SageMaker SDK; skips (or fails, if configured) without."""
+    python, why = find_sdk_python()
+    if python is None:
+        if os.environ.get("GPUKNN_SDK_PYTHON"):
+            pytest.fail(why)  # asked for explicitly: a broken setting is an error
+        pytest.skip(why)
+    return python

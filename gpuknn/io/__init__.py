@@ -27,7 +27,8 @@ JSON = "application/json"
 JSONLINES = "application/jsonlines"
 CONTENT_TYPES = (RECORDIO, CSV, JSON, JSONLINES)
 
-__all__ = ["CONTENT_TYPES", "CSV", "JSON", "JSONLINES", "RECORDIO", "iter_batches", "read",
+__all__ = ["CONTENT_TYPES", "CSV", "JSON", "JSONLINES", "RECORDIO", "iter_batches",
+           "parse_content_type", "read",
            "record_set", "write_recordio"]
 
 Batch = tuple[Any, np.ndarray | None]
@@ -69,7 +70,7 @@ def iter_batches(source: Any, content_type: str = RECORDIO, batch_size: int = 50
 def _blocks(source: Any, content_type: str, label_size: int | None,
             batch_size: int) -> Iterator[Batch]:
     """Decoded, consistency-checked blocks of at most ``batch_size`` rows, in order."""
-    kind, parameters = _parse_content_type(content_type)
+    kind, parameters = parse_content_type(content_type)
     if label_size is None:
         label_size = _label_size(parameters.get("label_size", "1" if kind == CSV else "0"))
     seen_rows = False
@@ -123,7 +124,14 @@ def read(source: Any, content_type: str = RECORDIO, label_size: int | None = Non
     return X, y
 
 
-def _parse_content_type(content_type: str) -> tuple[str, dict[str, str]]:
+def parse_content_type(content_type: str) -> tuple[str, dict[str, str]]:
+    """Split ``"text/csv; label_size=1"`` into the canonical type and its parameters.
+
+    Raises
+    ------
+    DataError
+        For a type that is not one of :data:`CONTENT_TYPES` (or a known alias).
+    """
     kind, *rest = (part.strip() for part in content_type.split(";"))
     kind = kind.lower()
     aliases = {"application/jsonl": JSONLINES, "application/x-jsonlines": JSONLINES,

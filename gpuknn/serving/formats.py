@@ -1,0 +1,279 @@
+"""Request bodies in, responses out: the formats of SageMaker k-NN's ``/invocations``.
+
+Requests come as ``text/csv`` (``label_size`` 0 or 1, default 0),
+``application/json``, ``application/jsonlines`` or
+``application/x-recordio-protobuf`` (dense or sparse, float32, float64 or int32).
+Responses go out as ``application/json`` (also for ``*/*`` and a missing
+``Accept``), ``application/jsonlines`` or ``application/x-recordio-protobuf``;
+``verbose=true`` as a parameter of the Accept type adds the neighbours.
+
+Field names are SageMaker's (``predicted_label``, ``distances``, ``labels``);
+gpuknn adds ``ids`` (training-row ids of the neighbours) and, for classifiers,
+``probabilities`` (vote shares in the order of the model's sorted classes), both
+only in verbose mode. A model trained without labels has no ``predicted_label``
+and always answers with ``distances`` and ``ids``.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from gpuknn import io as data_io
+from gpuknn.errors import ClientError, DataError, NotAcceptableError, UnsupportedMediaTypeError
+from gpuknn.io._record import messages
+from gpuknn.io.recordio import frame
+from gpuknn.model import Answer
+
+OUTPUT_TYPES = (data_io.JSON, data_io.JSONLINES, data_io.RECORDIO)
+_OUTPUT_ALIASES = {"*/*": data_io.JSON, "application/*": data_io.JSON,
+                   "application/jsonl": data_io.JSONLINES,
+                   "application/x-jsonlines": data_io.JSONLINES,
+                   "application/json-lines": data_io.JSONLINES}
+_GZIP_MAGIC = b"\x1f\x8b"
+_INT32_MAX = np.iinfo(np.int32).max
+
+
+@dataclass(frozen=True)
+class OutputFormat:
+    """What the client asked for in ``Accept``.
+
+    Attributes
+    ----------
+    media_type : str
+        One of :data:`OUTPUT_TYPES`.
+    verbose : bool
+        Include the neighbours (distances, labels, ids, probabilities).
+    """
+
+    media_type: str = data_io.JSON
+    verbose: bool = False
+
+
+def parse_accept(header: str | None) -> OutputFormat:
+    """The first acceptable type of an ``Accept`` header, in order of its ``q`` values.
+
+    Raises
+    ------
+    NotAcceptableError
+        When no listed type is one that gpuknn writes (there is no CSV output).
+    ClientError
+        For a ``verbose`` parameter that is not true or false.
+    """
+    if header is None or not header.strip():
+        return OutputFormat()
+    for listed, parameters in _ranked(header):
+        media_type = _OUTPUT_ALIASES.get(listed, listed)
+        if media_type in OUTPUT_TYPES:
+            return OutputFormat(media_type, _verbose(parameters.get("verbose", "false")))
+    raise NotAcceptableError(
+        f"Accept {header!r} names no format gpuknn writes; use {', '.join(OUTPUT_TYPES)} "
+        "(optionally with '; verbose=true'). There is no CSV output, as in SageMaker.")
+
+
+def _ranked(header: str) -> list[tuple[str, dict[str, str]]]:
+    entries = []
+    for position, entry in enumerate(header.split(",")):
+        media_type, *rest = (part.strip() for part in entry.split(";"))
+        parameters = {}
+        for item in rest:
+            name, _, value = item.partition("=")
+            parameters[name.strip().lower()] = value.strip().strip('"')
+        try:
+            quality = float(parameters.pop("q", "1"))
+        except ValueError:
+            quality = 0.0
+        if quality > 0:
+            entries.append((-quality, position, media_type.lower(), parameters))
+    return [(media_type, parameters) for _, _, media_type, parameters in sorted(entries)]
+
+
+def _verbose(value: str) -> bool:
+    flag = value.strip().lower()
+    if flag not in ("true", "false", "1", "0", "yes", "no"):
+        raise ClientError(f"Accept parameter verbose={value!r}: use verbose=true or false")
+    return flag in ("true", "1", "yes")
+
+
+# -- requests --------------------------------------------------------------------------------
+def decode_request(body: bytes, content_type: str | None, feature_dim: int) -> np.ndarray:
+    """The query rows of a request body, checked against the model.
+
+    Parameters
+    ----------
+    body : bytes
+    content_type : str or None
+        The request's ``Content-Type`` header.
+    feature_dim : int
+        Features the model expects per row.
+
+    Returns
+    -------
+    ndarray of shape (n_rows, feature_dim), float32
+        Every value finite.
+
+    Raises
+    ------
+    UnsupportedMediaTypeError
+        Missing or unknown content type (HTTP 415).
+    DataError
+        Empty or malformed body, wrong feature count, NaN or infinite values (HTTP 400).
+    """
+    kind, parameters = check_content_type(content_type)
+    if not body:
+        raise DataError("the request body is empty; send at least one row")
+    label_size = label_size_of(parameters)
+    X = _fast_csv(body) if kind == data_io.CSV and label_size == 0 else None
+    if X is None:
+        X, _ = data_io.read(_Body(body), kind, label_size=label_size)
+    return check_rows(X, feature_dim)
+
+
+def check_content_type(header: str | None) -> tuple[str, dict[str, str]]:
+    """The canonical type and parameters of a Content-Type header; 415 if unusable."""
+    if header is None or not header.strip():
+        raise UnsupportedMediaTypeError(
+            f"the Content-Type header is required; use one of {', '.join(data_io.CONTENT_TYPES)}")
+    try:
+        return data_io.parse_content_type(header)
+    except DataError as err:
+        raise UnsupportedMediaTypeError(str(err)) from None
+
+
+def label_size_of(parameters: dict[str, str]) -> int:
+    """The ``label_size`` parameter of a content type: 0 (the default) or 1."""
+    text = parameters.get("label_size", "0")
+    if text.strip() not in ("0", "1"):
+        raise DataError(f"content type parameter label_size={text!r}: use 0 or 1")
+    return int(text)
+
+
+class _Body(io.BytesIO):
+    """A request body, named in error messages."""
+
+    name = "request body"
+
+
+def _fast_csv(body: bytes) -> np.ndarray | None:
+    """numpy's C parser for well-formed CSV; None sends the body to the strict parser.
+
+    The strict parser (:mod:`gpuknn.io.text`) names the line and column of any fault;
+    this path only takes bodies it cannot misread: no gzip, no blank lines.
+    """
+    if body.startswith(_GZIP_MAGIC) or b"\n\n" in body or b"\n\r\n" in body:
+        return None
+    try:
+        return np.loadtxt(io.BytesIO(body), delimiter=",", dtype=np.float32, ndmin=2,
+                          comments=None, encoding="utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def check_rows(X, feature_dim: int, *, where: str = "request body",
+               first_row: int = 0) -> np.ndarray:
+    """Query rows as a dense float32 array, refusing a wrong width and non-finite values.
+
+    Parameters
+    ----------
+    X : ndarray or scipy.sparse matrix of shape (n_rows, n_features)
+    feature_dim : int
+        The width the model expects.
+    where : str
+        Names the input in error messages.
+    first_row : int
+        Number of the first row of ``X`` in that input (counted from 0).
+
+    Returns
+    -------
+    ndarray of shape (n_rows, feature_dim), float32
+    """
+    if X.shape[1] != feature_dim:
+        raise DataError(f"{where}: rows have {X.shape[1]} features; the model expects "
+                        f"{feature_dim}")
+    if sp.issparse(X):
+        X = X.toarray()
+    with np.errstate(over="ignore"):
+        X = np.ascontiguousarray(X, dtype=np.float32)
+    bad = np.flatnonzero(~np.isfinite(X).all(axis=1)) + first_row
+    if bad.size:
+        rows = ", ".join(str(int(r)) for r in bad[:10])
+        more = f" and {bad.size - 10} more" if bad.size > 10 else ""
+        noun = "row" if bad.size == 1 else "rows"
+        raise DataError(f"{where}: {noun} {rows}{more} (counted from 0) with NaN, infinite "
+                        "or out-of-float32-range values")
+    return X
+
+
+# -- responses -------------------------------------------------------------------------------
+def encode_response(answer: Answer, output: OutputFormat) -> bytes:
+    """Serialise an answer in the requested format.
+
+    Parameters
+    ----------
+    answer : Answer
+        From :meth:`gpuknn.KNNModel.answer`, one row per query.
+    output : OutputFormat
+
+    Returns
+    -------
+    bytes
+        JSON ``{"predictions": [...]}``, JSON Lines (one object per line, no final
+        newline, as batch transform assembles by line) or RecordIO-protobuf (one
+        Record per row, the values under ``label``).
+    """
+    if output.media_type == data_io.RECORDIO:
+        return b"".join(_records(answer, output.verbose))
+    rows = _json_rows(answer, output.verbose)
+    if output.media_type == data_io.JSONLINES:
+        return "\n".join(rows).encode()
+    return ('{"predictions": [' + ", ".join(rows) + "]}").encode()
+
+
+def _fields(answer: Answer, verbose: bool) -> dict[str, np.ndarray]:
+    """Per-row arrays to write, in SageMaker's order, gpuknn's additions last."""
+    fields = {}
+    if answer.predicted_label is not None:
+        fields["predicted_label"] = answer.predicted_label
+    if verbose or answer.predicted_label is None:
+        fields["distances"] = answer.distances
+        if answer.labels is not None:
+            fields["labels"] = answer.labels
+        fields["ids"] = answer.ids
+        if answer.probabilities is not None:
+            fields["probabilities"] = answer.probabilities
+    return fields
+
+
+def _json_rows(answer: Answer, verbose: bool) -> list[str]:
+    """One JSON object per row, numbers in their shortest float32 form (``0.4``, not
+    ``0.4000000059604645``), which reads back as the exact float32 value."""
+    texts = {name: values.astype(str) for name, values in _fields(answer, verbose).items()}
+    rows = []
+    for row in range(len(answer.distances)):
+        parts = []
+        for name, text in texts.items():
+            value = text[row]
+            body = value if text.ndim == 1 else "[" + ", ".join(value) + "]"
+            parts.append(f'"{name}": {body}')
+        rows.append("{" + ", ".join(parts) + "}")
+    return rows
+
+
+def _records(answer: Answer, verbose: bool):
+    record_type = messages().Record
+    fields = _fields(answer, verbose)
+    for row in range(len(answer.distances)):
+        record = record_type()
+        for name, values in fields.items():
+            value = values[row]
+            tensor = record.label[name]
+            if name == "ids":
+                target = tensor.int32_tensor if value.max() <= _INT32_MAX else \
+                    tensor.float64_tensor
+            else:
+                target = tensor.float32_tensor
+            target.values.extend(np.atleast_1d(value).tolist())
+        yield frame(record.SerializeToString())

@@ -1,0 +1,164 @@
+"""Batch transform without SageMaker: ``gpuknn transform``.
+
+Like a SageMaker batch transform job, every input file gets one ``<name>.out`` in the
+output directory (relative paths kept). Inputs are streamed in batches of rows
+(``split_type`` ``Line`` for CSV and JSON Lines, ``RecordIO`` for RecordIO-protobuf)
+or read whole (``None``, the only choice for a JSON document). Each batch is answered
+exactly as ``/invocations`` answers a request, and the answers are assembled as
+SageMaker assembles them: by line for JSON and JSON Lines (a newline after each
+batch's answer), byte for byte for RecordIO.
+
+An output is written to a ``.partial`` file and renamed when complete, so an
+interrupted run leaves no truncated output, and a rerun skips the outputs that exist.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from gpuknn import io as data_io
+from gpuknn.errors import ClientError, DataError
+from gpuknn.model import KNNModel
+from gpuknn.serving import formats
+
+SPLIT_TYPES = ("Line", "RecordIO", "None")
+_DEFAULT_SPLIT = {data_io.CSV: "Line", data_io.JSONLINES: "Line", data_io.RECORDIO: "RecordIO",
+                  data_io.JSON: "None"}
+_ALLOWED_SPLITS = {data_io.CSV: ("Line", "None"), data_io.JSONLINES: ("Line", "None"),
+                   data_io.RECORDIO: ("RecordIO", "None"), data_io.JSON: ("None",)}
+PARTIAL_SUFFIX = ".partial"
+
+
+@dataclass(frozen=True)
+class TransformJob:
+    """One batch transform run.
+
+    Attributes
+    ----------
+    input : Path
+        A file, or a directory whose files (recursively, hidden ones skipped) are inputs.
+    output : Path
+        Directory for the ``.out`` files.
+    content_type : str
+        Content type of every input file (gzip allowed).
+    split_type : {"Line", "RecordIO", "None"} or None
+        None picks the natural split of the content type.
+    accept : str
+        Output format, as an ``Accept`` header (``verbose=true`` allowed).
+    batch_rows : int
+        Rows per search batch when splitting.
+    """
+
+    input: Path
+    output: Path
+    content_type: str
+    split_type: str | None = None
+    accept: str = data_io.JSONLINES
+    batch_rows: int = 4096
+
+
+@dataclass
+class TransformReport:
+    """What a run did: files written and skipped, rows answered."""
+
+    written: list[Path]
+    skipped: list[Path]
+    rows: int = 0
+
+
+def run(model: KNNModel, job: TransformJob, *, progress: bool | None = None) -> TransformReport:
+    """Transform every input file of ``job`` that has no output yet.
+
+    Parameters
+    ----------
+    model : KNNModel
+    job : TransformJob
+    progress : bool, optional
+        Show a progress bar; default: only on a terminal.
+
+    Raises
+    ------
+    ClientError
+        Unknown split or accept type, unreadable input (naming the file and row).
+    """
+    kind, _ = formats.check_content_type(job.content_type)
+    split = _split_type(kind, job.split_type)
+    output = formats.parse_accept(job.accept)
+    report = TransformReport([], [])
+    inputs = list(_input_files(job.input))
+    with tqdm(total=len(inputs), unit=" files", disable=None if progress is None else
+              not progress) as bar:
+        for source, relative in inputs:
+            target = job.output / (str(relative) + ".out")
+            bar.set_postfix_str(str(relative))
+            if target.exists():
+                report.skipped.append(target)
+            else:
+                report.rows += _transform_file(model, source, target, job,
+                                               split=split, output=output)
+                report.written.append(target)
+            bar.update(1)
+    return report
+
+
+def _split_type(kind: str, split_type: str | None) -> str:
+    split = _DEFAULT_SPLIT[kind] if split_type is None else split_type
+    if split not in SPLIT_TYPES:
+        raise ClientError(f"split type {split!r}: use one of {', '.join(SPLIT_TYPES)}")
+    if split not in _ALLOWED_SPLITS[kind]:
+        raise ClientError(f"split type {split!r} does not apply to {kind}; use "
+                          f"{' or '.join(_ALLOWED_SPLITS[kind])}")
+    return split
+
+
+def _input_files(root: Path) -> Iterator[tuple[Path, Path]]:
+    if root.is_file():
+        yield root, Path(root.name)
+        return
+    if not root.is_dir():
+        raise DataError(f"{root}: no such input file or directory")
+    files = sorted(path for path in root.rglob("*") if path.is_file() and not any(
+        part.startswith(".") for part in path.relative_to(root).parts))
+    if not files:
+        raise DataError(f"{root}: the input directory holds no files")
+    for path in files:
+        yield path, path.relative_to(root)
+
+
+def _transform_file(model: KNNModel, source: Path, target: Path, job: TransformJob, *,
+                    split: str, output: formats.OutputFormat) -> int:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + PARTIAL_SUFFIX)
+    rows = 0
+    try:
+        with open(partial, "wb") as handle:
+            for X in _batches(source, job, split, model.feature_dim):
+                answer = model.answer(X)
+                handle.write(formats.encode_response(answer, output))
+                if output.media_type != data_io.RECORDIO:
+                    handle.write(b"\n")
+                rows += len(X)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return rows
+
+
+def _batches(source: Path, job: TransformJob, split: str,
+             feature_dim: int) -> Iterator[np.ndarray]:
+    if split == "None":
+        yield formats.decode_request(source.read_bytes(), job.content_type, feature_dim)
+        return
+    kind, parameters = formats.check_content_type(job.content_type)
+    label_size = formats.label_size_of(parameters)
+    first_row = 0
+    for X, _ in data_io.iter_batches(source, kind, batch_size=job.batch_rows,
+                                     label_size=label_size):
+        yield formats.check_rows(X, feature_dim, where=f"{source}", first_row=first_row)
+        first_row += X.shape[0]
