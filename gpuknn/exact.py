@@ -13,6 +13,7 @@ for near-duplicate vectors with large norms.
 
 from __future__ import annotations
 
+import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
@@ -20,10 +21,13 @@ from typing import Any
 
 import numpy as np
 
+from gpuknn import partition as partition_module
 from gpuknn.topk import merge_k, select_k
 
 DEFAULT_TILE_BYTES = 16 << 20
 QUERY_CHUNK = 256
+# Queries per pass of a cluster-pruned search (bounds its candidate lists).
+PARTITION_CHUNK = 4096
 # Elements of the (rows, k, d) gather used to recompute the winners' distances.
 RECOMPUTE_BUDGET = 1 << 24
 
@@ -41,10 +45,14 @@ class ExactSearch:
         ``numpy`` or ``cupy``.
     tile_bytes : int
         Upper bound on the memory of one score tile.
+    partition : {"auto", "never", "always"}
+        Cluster pruning (:mod:`gpuknn.partition`, L2 on the CPU with faiss installed):
+        ``"auto"`` builds it for large bases and keeps it only where it pays off on the
+        data, ``"always"`` builds it whatever the size, ``"never"`` searches by brute force.
     """
 
     def __init__(self, vectors: Any, metric: str, *, xp: ModuleType = np,
-                 tile_bytes: int = DEFAULT_TILE_BYTES):
+                 tile_bytes: int = DEFAULT_TILE_BYTES, partition: str = "auto"):
         self.xp = xp
         self.metric = metric
         self.tile_bytes = int(tile_bytes)
@@ -57,9 +65,21 @@ class ExactSearch:
         self._center = xp.round(self.vectors.mean(axis=0)) if metric == "L2" else None
         base = self.vectors - self._center if metric == "L2" else self.vectors
         # Scaled copy so that one GEMM yields the ranking surrogate without an extra pass.
-        scale = -2.0 if metric == "L2" else -1.0
-        self._scaled = base * xp.float32(scale)
-        self._sq_norms = (base * base).sum(axis=1) if metric == "L2" else None
+        self._partition, self._space = None, None
+        if metric == "L2" and xp is np and partition != "never":
+            self._partition, self._space = _partition(base, self.vectors, self._center,
+                                                      always=partition == "always")
+        if self._space is not None:  # the partition's layout replaces the plain one
+            self._scaled, self._sq_norms = self._space.scaled, self._space.sq_norms
+        else:
+            scale = -2.0 if metric == "L2" else -1.0
+            self._scaled = base * xp.float32(scale)
+            self._sq_norms = (base * base).sum(axis=1) if metric == "L2" else None
+
+    @property
+    def partitioned(self) -> bool:
+        """Whether searches use cluster pruning."""
+        return self._partition is not None
 
     @property
     def ntotal(self) -> int:
@@ -92,8 +112,8 @@ class ExactSearch:
         n_queries = queries.shape[0]
         distances = xp.empty((n_queries, k), dtype=xp.float32)
         positions = xp.empty((n_queries, k), dtype=xp.int64)
-        chunks = [slice(s, min(s + QUERY_CHUNK, n_queries))
-                  for s in range(0, n_queries, QUERY_CHUNK)]
+        step = PARTITION_CHUNK if self._partition is not None else QUERY_CHUNK
+        chunks = [slice(s, min(s + step, n_queries)) for s in range(0, n_queries, step)]
 
         ranked = queries - self._center if self._center is not None else queries
 
@@ -101,6 +121,13 @@ class ExactSearch:
             candidates = self._candidates(ranked[chunk], k)
             distances[chunk], positions[chunk] = self._finalize(queries[chunk], *candidates, k)
 
+        if self._partition is not None:
+            # Pruned search is many small numpy calls under the GIL: one thread, and small
+            # single-threaded GEMMs (waking BLAS threads for each would cost more).
+            with _single_threaded_blas():
+                for chunk in chunks:
+                    run(chunk)
+            return distances, positions
         workers = _cpu_workers() if xp is np else 1
         if workers < 2 or len(chunks) < 2:
             for chunk in chunks:
@@ -108,9 +135,7 @@ class ExactSearch:
             return distances, positions
         # The top-k half of the work is single-threaded numpy: run one chunk per core,
         # each with a single-threaded BLAS, instead of one chunk on a multi-threaded BLAS.
-        from threadpoolctl import threadpool_limits  # noqa: PLC0415 - only on this path
-
-        with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+        with _single_threaded_blas(), ThreadPoolExecutor(workers) as pool:
             list(pool.map(run, chunks))
         return distances, positions
 
@@ -120,6 +145,8 @@ class ExactSearch:
 
     def _candidates(self, queries: Any, k: int) -> tuple[Any, Any]:
         """Per-tile top k of the surrogate scores, merged into one candidate list."""
+        if self._partition is not None:
+            return self._partition.candidates(queries, k, self._space)
         xp = self.xp
         width = self._block_width(queries.shape[0])
         values, columns = [], []
@@ -166,6 +193,30 @@ class ExactSearch:
             else:
                 out[rows] = -(neighbours * query).sum(axis=2)
         return out
+
+
+def _partition(base: np.ndarray, vectors: np.ndarray, center: np.ndarray, *, always: bool):
+    """(partition, its search space) for cluster pruning, or (None, None) where it would
+    not pay."""
+    found = partition_module.build(base, min_rows=1 if always else partition_module.MIN_ROWS)
+    if found is None:
+        return None, None
+    space = partition_module.search_space(found, base, vectors, center)
+    if not always and not partition_module.pays_off(found, space):
+        return None, None
+    return found, space
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_controller() -> Any:
+    from threadpoolctl import ThreadpoolController  # noqa: PLC0415 - only when searching
+
+    return ThreadpoolController()
+
+
+def _single_threaded_blas():
+    """Limit BLAS to one thread (process-wide) for the duration of a ``with`` block."""
+    return _blas_controller().limit(limits=1, user_api="blas")
 
 
 def _cpu_workers() -> int:

@@ -1,0 +1,251 @@
+"""Cluster pruning for exact L2 search on the CPU.
+
+A brute-force query streams every base vector through memory. When the base has
+structure (real data nearly always has), most of it provably cannot hold a
+neighbour. :class:`ClusterPartition` splits the base into k-means clusters (faiss's
+``Kmeans``) and keeps for each its centroid ``c`` and radius ``r`` (the largest
+distance of a member to ``c``). For a query ``q``, no member of a cluster is nearer
+than ``|q - c| - r``. Search then runs in two passes:
+
+1. each query is scored against its nearest cluster (more if that one holds fewer
+   than ``k`` vectors); the k-th best score bounds its k-th neighbour distance by
+   ``tau``;
+2. it is scored against every cluster whose lower bound does not exceed ``tau``,
+   keeping only scores within the bound, and the k best by (score, row) are taken.
+
+Nothing that could be among the k nearest is skipped, so the result is exact: the
+same float32 ranking surrogate as the brute-force search (with a generous allowance
+for its rounding in the bound), and ties to the smaller training row, as there. The
+clusters are stored one after another, and each is scored in one GEMM against the
+queries that need it.
+
+A partition is kept only if it prunes on the data itself: at build time a sample of
+base rows is searched, and if more than :data:`MAX_SCANNED_FRACTION` of the base
+would be scanned the brute-force search is used instead.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+MIN_ROWS = 50_000
+# About sqrt(n) * CLUSTER_SCALE clusters: fewer, larger clusters mean fewer GEMM calls
+# but more vectors scanned per query.
+CLUSTER_SCALE = 1.0
+MAX_SCANNED_FRACTION = 0.4
+PROBE_QUERIES = 64
+PROBE_K = 10
+# Relative slack on the pruning test, far above float64 rounding of the bounds.
+BOUND_SLACK = 1e-6
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """The base as a search reads it.
+
+    Attributes
+    ----------
+    scaled : ndarray of shape (n, d), float32
+        ``-2 x`` of the centred base vectors, cluster by cluster
+        (:attr:`ClusterPartition.order`).
+    sq_norms : ndarray of shape (n,), float32
+        ``|x|^2`` of the centred vectors, in the same order.
+    vectors : ndarray of shape (n, d), float32
+        The base in its original order, not centred.
+    center : ndarray of shape (d,), float32
+    """
+
+    scaled: np.ndarray
+    sq_norms: np.ndarray
+    vectors: np.ndarray
+    center: np.ndarray
+
+    @property
+    def max_norm(self) -> float:
+        """Largest norm of a centred base vector."""
+        return float(np.sqrt(self.sq_norms.max()))
+
+    def centred_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Rows (any index shape), centred, in float64: shape ``rows.shape + (d,)``."""
+        return self.vectors[rows].astype(np.float64) - self.center.astype(np.float64)
+
+
+class ClusterPartition:
+    """k-means clusters of a base, with centroids and radii.
+
+    Parameters
+    ----------
+    vectors : ndarray of shape (n, d), float32
+        The (centred) base vectors.
+    labels : ndarray of shape (n,), int64
+        Cluster of every vector.
+    centroids : ndarray of shape (n_clusters, d)
+
+    Attributes
+    ----------
+    order : ndarray of shape (n,), int64
+        Original row of each position in the cluster-by-cluster layout (members of a
+        cluster keep their original order).
+    bounds : ndarray of shape (n_clusters + 1,), int64
+        Cluster ``j`` occupies positions ``bounds[j]:bounds[j + 1]`` of that layout.
+    sizes : ndarray of shape (n_clusters,), int64
+    centroids : ndarray of shape (n_clusters, d), float64
+    radii : ndarray of shape (n_clusters,), float64
+        Largest distance of a member to its centroid.
+    """
+
+    def __init__(self, vectors: np.ndarray, labels: np.ndarray, centroids: np.ndarray):
+        n_clusters = len(centroids)
+        self.order = np.argsort(labels, kind="stable").astype(np.int64)
+        self.sizes = np.bincount(labels, minlength=n_clusters).astype(np.int64)
+        self.bounds = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
+        self.centroids = centroids.astype(np.float64)
+        self._centroid_sq = (self.centroids**2).sum(axis=1)
+        self.radii = np.zeros(n_clusters)
+        for start in range(0, len(vectors), 1 << 16):
+            part = slice(start, start + (1 << 16))
+            offsets = vectors[part].astype(np.float64) - self.centroids[labels[part]]
+            np.maximum.at(self.radii, labels[part], np.sqrt((offsets**2).sum(axis=1)))
+
+    @property
+    def n_clusters(self) -> int:
+        """Number of clusters."""
+        return len(self.centroids)
+
+    def candidates(self, ranked: np.ndarray, k: int,
+                   space: SearchSpace) -> tuple[np.ndarray, np.ndarray]:
+        """The k best surrogate scores of every query, with their rows.
+
+        Parameters
+        ----------
+        ranked : ndarray of shape (n_queries, d), float32
+            Queries centred like the base (the space of the centroids).
+        k : int
+        space : SearchSpace
+
+        Returns
+        -------
+        values : ndarray of shape (n_queries, k), float32
+        rows : ndarray of shape (n_queries, k), int64
+            Ties broken by the smaller row.
+        """
+        centre_distance = self._centre_distances(ranked)
+        threshold = self._first_threshold(ranked, centre_distance, k, space)
+        needed = self._needed(ranked, centre_distance, threshold)
+        return self._scan(ranked, needed, threshold, k, space)
+
+    def scanned_fraction(self, ranked: np.ndarray, k: int, space: SearchSpace) -> float:
+        """Share of the base that :meth:`candidates` scans for these queries."""
+        centre_distance = self._centre_distances(ranked)
+        threshold = self._first_threshold(ranked, centre_distance, k, space)
+        needed = self._needed(ranked, centre_distance, threshold)
+        return float((needed @ self.sizes).sum() / (len(ranked) * len(self.order)))
+
+    def _first_threshold(self, ranked, centre_distance, k: int, space) -> np.ndarray:
+        """Per query, a surrogate score that at least k base vectors reach: the k-th
+        smallest score in its nearest clusters (until they hold k), plus rounding slack.
+
+        The surrogate is ``|x|^2 - 2<q, x>``, the squared distance less ``|q|^2``.
+        """
+        nearest = centre_distance.argmin(axis=1)
+        kth = np.empty(len(ranked), dtype=np.float64)
+        small = self.sizes[nearest] < k
+        for cluster in np.unique(nearest[~small]):
+            which = np.flatnonzero((nearest == cluster) & ~small)
+            block = self._scores(ranked[which], cluster, space)
+            kth[which] = np.partition(block, k - 1, axis=1)[:, k - 1]
+        for query in np.flatnonzero(small):  # rare: the nearest cluster holds fewer than k
+            by_distance = np.argsort(centre_distance[query], kind="stable")
+            held = np.cumsum(self.sizes[by_distance])
+            clusters = by_distance[: int(np.searchsorted(held, k)) + 1]
+            scores = np.concatenate([self._scores(ranked[query : query + 1], c, space)[0]
+                                     for c in clusters])
+            kth[query] = np.partition(scores, k - 1)[k - 1]
+        return kth + self._slack(ranked, space)
+
+    def _slack(self, ranked: np.ndarray, space: SearchSpace) -> np.ndarray:
+        """A bound on the float32 rounding of a surrogate score, generously."""
+        query_norm = np.sqrt((ranked.astype(np.float64) ** 2).sum(axis=1))
+        return 1e-5 * (query_norm + space.max_norm) ** 2 + 1e-30
+
+    def _needed(self, ranked, centre_distance, threshold) -> np.ndarray:
+        """(n_queries, n_clusters) bool: clusters whose lower bound ``|q - c| - r`` does
+        not exceed the query's distance bound ``tau`` (from the threshold)."""
+        query_sq = (ranked.astype(np.float64) ** 2).sum(axis=1)
+        tau = np.sqrt(np.maximum(threshold + query_sq, 0.0))
+        return (centre_distance - self.radii) <= (tau * (1 + BOUND_SLACK))[:, None]
+
+    def _scan(self, ranked, needed, threshold, k: int, space) -> tuple[np.ndarray, np.ndarray]:
+        """Score every query against its needed clusters, keep the scores within its
+        threshold, and take the k best by (score, original row)."""
+        kept_queries, kept_values, kept_rows = [], [], []
+        clusters, query_ids = np.nonzero(needed.T)
+        starts = np.searchsorted(clusters, np.arange(self.n_clusters + 1))
+        for cluster in np.flatnonzero(np.diff(starts)):
+            which = query_ids[starts[cluster]:starts[cluster + 1]]
+            block = self._scores(ranked[which], cluster, space)
+            hit_query, hit_member = np.nonzero(block <= threshold[which][:, None])
+            kept_queries.append(which[hit_query])
+            kept_values.append(block[hit_query, hit_member])
+            kept_rows.append(self.order[self.bounds[cluster] + hit_member])
+        queries = np.concatenate(kept_queries)
+        values, rows = np.concatenate(kept_values), np.concatenate(kept_rows)
+        order = np.lexsort((rows, values, queries))
+        first = np.searchsorted(queries[order], np.arange(len(ranked)))
+        counts = np.diff(np.append(first, len(order)))
+        if counts.min() < k:
+            raise AssertionError("cluster pruning kept fewer than k candidates")
+        picked = order[first[:, None] + np.arange(k)]
+        return values[picked], rows[picked]
+
+    def _scores(self, ranked: np.ndarray, cluster: int, space: SearchSpace) -> np.ndarray:
+        """Surrogate scores (n_queries, cluster size), float32, against one cluster."""
+        low, high = self.bounds[cluster], self.bounds[cluster + 1]
+        block = ranked @ space.scaled[low:high].T
+        block += space.sq_norms[low:high]
+        return block
+
+    def _centre_distances(self, queries: np.ndarray) -> np.ndarray:
+        q = queries.astype(np.float64)
+        squared = (q**2).sum(axis=1)[:, None] + self._centroid_sq - 2.0 * (q @ self.centroids.T)
+        return np.sqrt(np.maximum(squared, 0.0))
+
+
+def build(vectors: np.ndarray, *, seed: int = 0,
+          min_rows: int = MIN_ROWS) -> ClusterPartition | None:
+    """k-means clusters of ``vectors`` (n, d) float32 (centred); None for a small base
+    (< ``min_rows``) or without faiss. Check :func:`pays_off` before using it."""
+    n, dim = vectors.shape
+    if n < max(min_rows, 2):
+        return None
+    try:
+        from gpuknn.faiss_index import require_faiss  # noqa: PLC0415 - optional dependency
+
+        faiss = require_faiss()
+    except ImportError:
+        return None
+    n_clusters = int(min(4096, n // 2, max(16, round(math.sqrt(n) * CLUSTER_SCALE))))
+    kmeans = faiss.Kmeans(dim, n_clusters, niter=10, seed=seed + 1,
+                          max_points_per_centroid=64, verbose=False)
+    kmeans.train(vectors)
+    _, labels = kmeans.index.search(vectors, 1)
+    return ClusterPartition(vectors, labels.ravel().astype(np.int64), kmeans.centroids)
+
+
+def search_space(partition: ClusterPartition, base: np.ndarray, vectors: np.ndarray,
+                 center: np.ndarray) -> SearchSpace:
+    """The partitioned layout of ``base`` (n, d) float32, centred."""
+    ordered = base[partition.order]
+    return SearchSpace(ordered * np.float32(-2.0), (ordered * ordered).sum(axis=1), vectors,
+                       center)
+
+
+def pays_off(partition: ClusterPartition, space: SearchSpace, *, seed: int = 0) -> bool:
+    """Whether searching base rows as queries scans at most :data:`MAX_SCANNED_FRACTION`."""
+    n = len(partition.order)
+    probe = np.random.default_rng(seed).choice(n, size=min(PROBE_QUERIES, n), replace=False)
+    queries = space.centred_rows(probe[:, None])[:, 0, :].astype(np.float32)
+    return partition.scanned_fraction(queries, PROBE_K, space) <= MAX_SCANNED_FRACTION
