@@ -422,6 +422,11 @@ def test_several_workers_share_an_ivf_index(letter, tmp_path, queries):
     path = KNN(k=5, predictor_type="classifier", sample_size=len(X), feature_dim=16,
                index_type="faiss.IVFFlat", faiss_index_nprobe=64).fit(X, y).model.save(
         tmp_path / "ivf")
+    faiss = pytest.importorskip("faiss")
+    loaded = KNNModel.load(path)
+    ivf = faiss.downcast_index(loaded.index.index)
+    # memory-mapped, so that workers share the lists through the page cache
+    assert type(faiss.downcast_InvertedLists(ivf.invlists)).__name__ == "OnDiskInvertedLists"
     server = Server(["--model", str(path), "--workers", "2"], tmp_path / "serve.log")
     server.wait_ready()
     try:

@@ -61,6 +61,10 @@ class ServeSettings:
         Longest wait for requests still being read before a batch starts.
     max_payload_mb : float
         Larger request bodies get 413.
+    load_in_background : bool
+        Accept connections at once and answer /ping with 503 until the model is loaded
+        (one worker); False loads before accepting, so that several workers sharing a
+        socket never hand a request to one that is still loading.
     """
 
     model_path: str
@@ -68,6 +72,7 @@ class ServeSettings:
     max_batch_rows: int = 4096
     max_wait_ms: float = 2.0
     max_payload_mb: float = DEFAULT_MAX_PAYLOAD_MB
+    load_in_background: bool = True
 
 
 def default_max_payload_mb() -> float:
@@ -124,6 +129,8 @@ def create_app(settings: ServeSettings,
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         loading = asyncio.create_task(state.load())
+        if not settings.load_in_background:
+            await loading
         yield
         loading.cancel()
         if state.batcher is not None:

@@ -59,6 +59,7 @@ def serve(settings: ServeSettings, *, host: str = "0.0.0.0", port: int | None = 
     options = {"host": host, "port": port, "access_log": access_log, "log_level": "info",
                "timeout_graceful_shutdown": GRACEFUL_SECONDS, "lifespan": "on"}
     if workers > 1:
+        settings = dataclasses.replace(settings, load_in_background=False)
         os.environ[_SETTINGS_VARIABLE] = json.dumps(dataclasses.asdict(settings))
         uvicorn.run("gpuknn.serving.server:app_from_environment", factory=True,
                     workers=workers, **options)
