@@ -307,6 +307,7 @@ class Job:
     ended_epoch: float
     output: str
     loadavg_before: list[float]
+    others_cpu_s: float | None = None  # CPU time of every other process during the job
 
 
 def gpuknn_command() -> list[str]:
@@ -324,6 +325,7 @@ def run_job(command: list[str], root: Path, mode: str, repetition: int,
     for name in ("model", "output"):
         shutil.rmtree(root / name, ignore_errors=True)
     load = [round(x, 2) for x in os.getloadavg()]
+    busy_before = machine_busy_s()
     with open(log, "wb") as sink:
         started_epoch = time.time()
         started = time.perf_counter()
@@ -343,10 +345,25 @@ def run_job(command: list[str], root: Path, mode: str, repetition: int,
         wall = time.perf_counter() - started
         ended_epoch = time.time()
     process.returncode = os.waitstatus_to_exitcode(status)
+    cpu = usage.ru_utime + usage.ru_stime
+    busy_after = machine_busy_s()
+    others = None if busy_before is None or busy_after is None else \
+        max(0.0, busy_after - busy_before - cpu)
     return Job(mode=mode, repetition=repetition, wall_s=wall, exit_code=process.returncode,
-               cpu_s=usage.ru_utime + usage.ru_stime, max_rss_mib=usage.ru_maxrss / 1024,
+               cpu_s=cpu, max_rss_mib=usage.ru_maxrss / 1024,
                started_epoch=started_epoch, ended_epoch=ended_epoch,
-               output=log.read_text(errors="replace"), loadavg_before=load)
+               output=log.read_text(errors="replace"), loadavg_before=load,
+               others_cpu_s=others)
+
+
+def machine_busy_s() -> float | None:
+    """CPU seconds the whole machine has been busy (all processes), from /proc/stat."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except (OSError, IndexError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def run_pipe_job(command: list[str], data: dict[str, Any], log: Path) -> tuple[Job, Any]:
@@ -415,6 +432,7 @@ def parse_job(job: Job) -> dict[str, Any]:
         "wall_s": round(job.wall_s, 3), "cpu_s": round(job.cpu_s, 2),
         "cores_used": round(job.cpu_s / job.wall_s, 2), "max_rss_mib": round(job.max_rss_mib),
         "loadavg_before": job.loadavg_before,
+        "others_cpu_s": None if job.others_cpu_s is None else round(job.others_cpu_s, 2),
     }
     throughput = THROUGHPUT_RE.findall(job.output)
     quality = QUALITY_RE.findall(job.output)
@@ -862,7 +880,9 @@ def markdown(report: dict[str, Any]) -> str:
     contended = []
     for run in [*runs, *([pipe] if pipe else [])]:
         flag = ""
-        if run["cores_used"] < 0.85 * cpu["usable_cpus"]:
+        others = run.get("others_cpu_s")
+        # The Pipe job's writer process is part of its setup, so it is never flagged.
+        if run["mode"] != "Pipe" and others is not None and others > 0.15 * run["wall_s"]:
             flag = " (contended)"
             contended.append(f"{run['mode']} #{run['repetition']}")
         lines.append(
@@ -879,14 +899,14 @@ def markdown(report: dict[str, Any]) -> str:
         "Start-up is `Popen` to the first log line (interpreter, imports, configuration); "
         "exit is the last log line to the process's end; both from the log's millisecond "
         "timestamps. The other phases are the `in X s` values of the log (10 ms "
-        "resolution). `#throughput_metric` is records read / `KNN.fit` time (reading, "
-        "sampling and the index build), as gpuknn prints it. Cores = CPU time / wall.",
+        "resolution). `#throughput_metric` is records read / the training pass (reading "
+        "and sampling; the index build is logged apart), as gpuknn prints it. Cores = CPU "
+        "time / wall.",
         "",
     ]
     if contended:
-        lines += [f"**Contended:** {', '.join(contended)} used under 85 % of the "
-                  f"{cpu['usable_cpus']} cores (the search keeps every core busy): something "
-                  "else was running; rerun on a quiet machine.", ""]
+        lines += [f"**Contended:** during {', '.join(contended)} other processes used more "
+                  "than 15 % of a core (/proc/stat): rerun on a quiet machine.", ""]
     if pipe:
         writer = report.get("pipe_writer", {})
         lines += [f"Pipe mode: FIFOs `train_0`, `test_0` fed by a separate writer process "

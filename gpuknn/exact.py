@@ -14,6 +14,7 @@ for near-duplicate vectors with large norms.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
@@ -23,6 +24,8 @@ import numpy as np
 
 from gpuknn import partition as partition_module
 from gpuknn.topk import merge_k, select_k
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TILE_BYTES = 16 << 20
 QUERY_CHUNK = 256
@@ -202,9 +205,11 @@ def _partition(base: np.ndarray, vectors: np.ndarray, center: np.ndarray, *, alw
     if found is None:
         return None, None
     space = partition_module.search_space(found, base, vectors, center)
-    if not always and not partition_module.pays_off(found, space):
-        return None, None
-    return found, space
+    scanned = partition_module.probe(found, space)
+    keep = always or scanned <= partition_module.MAX_SCANNED_FRACTION
+    log.info("exact search: %d k-means clusters; a probe scans %.1f%% of the base: %s",
+             found.n_clusters, 100 * scanned, "pruning" if keep else "brute force instead")
+    return (found, space) if keep else (None, None)
 
 
 @functools.lru_cache(maxsize=1)

@@ -217,7 +217,7 @@ class ClusterPartition:
 def build(vectors: np.ndarray, *, seed: int = 0,
           min_rows: int = MIN_ROWS) -> ClusterPartition | None:
     """k-means clusters of ``vectors`` (n, d) float32 (centred); None for a small base
-    (< ``min_rows``) or without faiss. Check :func:`pays_off` before using it."""
+    (< ``min_rows``) or without faiss. Check :func:`probe` before using it."""
     n, dim = vectors.shape
     if n < max(min_rows, 2):
         return None
@@ -243,9 +243,10 @@ def search_space(partition: ClusterPartition, base: np.ndarray, vectors: np.ndar
                        center)
 
 
-def pays_off(partition: ClusterPartition, space: SearchSpace, *, seed: int = 0) -> bool:
-    """Whether searching base rows as queries scans at most :data:`MAX_SCANNED_FRACTION`."""
+def probe(partition: ClusterPartition, space: SearchSpace, *, seed: int = 0) -> float:
+    """Share of the base scanned when searching base rows as queries (keep the partition
+    if it is at most :data:`MAX_SCANNED_FRACTION`)."""
     n = len(partition.order)
     probe = np.random.default_rng(seed).choice(n, size=min(PROBE_QUERIES, n), replace=False)
     queries = space.centred_rows(probe[:, None])[:, 0, :].astype(np.float32)
-    return partition.scanned_fraction(queries, PROBE_K, space) <= MAX_SCANNED_FRACTION
+    return partition.scanned_fraction(queries, PROBE_K, space)

@@ -119,15 +119,18 @@ def _check_job(env: TrainingEnvironment) -> None:
 
 
 def _fit(env: TrainingEnvironment, hp: Hyperparameters, device: str) -> tuple[KNNModel, float]:
+    """The fitted model and the seconds of the training pass (reading and sampling, as
+    SageMaker's throughput metric counts it; the index build is logged apart)."""
     channel = env.channels["train"]
     started = time.perf_counter()
+    finished: dict[str, float] = {}
     estimator = KNN(device=device, **hp.to_dict())
-    estimator.fit(_progress(_batches(channel, env, hp.mini_batch_size), "train"))
+    estimator.fit(_progress(_batches(channel, env, hp.mini_batch_size), "train", finished))
     model = estimator.fitted_model
     if model.labels is None:
         raise DataError(f"{channel.source(env.root)}: the training data has no labels "
                         "(label[\"values\"] in RecordIO records, the first column of CSV)")
-    return model, time.perf_counter() - started
+    return model, finished.get("at", time.perf_counter()) - started
 
 
 def _batches(channel: Channel, env: TrainingEnvironment, batch_size: int) -> Iterator[Any]:
@@ -140,8 +143,12 @@ def _batches(channel: Channel, env: TrainingEnvironment, batch_size: int) -> Ite
     return io.iter_batches(source, channel.content_type, batch_size)
 
 
-def _progress(batches: Iterator[Any], name: str) -> Iterator[Any]:
-    """Pass batches through, showing progress: a tqdm bar on a terminal, else log lines."""
+def _progress(batches: Iterator[Any], name: str,
+              finished: dict[str, float] | None = None) -> Iterator[Any]:
+    """Pass batches through, showing progress: a tqdm bar on a terminal, else log lines.
+
+    ``finished["at"]`` gets the ``perf_counter`` time at which the data ran out.
+    """
     bar = _bar(name)
     rows, last = 0, time.perf_counter()
     for X, y in batches:
@@ -152,6 +159,8 @@ def _progress(batches: Iterator[Any], name: str) -> Iterator[Any]:
             logger.info("%s: %d records read", name, rows)
             last = time.perf_counter()
         yield X, y
+    if finished is not None:
+        finished["at"] = time.perf_counter()
     if bar is not None:
         bar.close()
 
