@@ -153,8 +153,11 @@ class ClusterPartition:
         nearest = centre_distance.argmin(axis=1)
         kth = np.empty(len(ranked), dtype=np.float64)
         small = self.sizes[nearest] < k
-        for cluster in np.unique(nearest[~small]):
-            which = np.flatnonzero((nearest == cluster) & ~small)
+        large = np.flatnonzero(~small)
+        by_cluster = large[np.argsort(nearest[large], kind="stable")]
+        clusters, starts = np.unique(nearest[by_cluster], return_index=True)
+        groups = np.split(by_cluster, starts[1:]) if len(clusters) else []
+        for cluster, which in zip(clusters, groups, strict=True):
             block = self._scores(ranked[which], cluster, space)
             kth[which] = np.partition(block, k - 1, axis=1)[:, k - 1]
         for query in np.flatnonzero(small):  # rare: the nearest cluster holds fewer than k
