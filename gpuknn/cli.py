@@ -42,7 +42,9 @@ def _add_serve(commands) -> None:
     serve.add_argument("--host", default="0.0.0.0")
     serve.add_argument("--port", type=int, default=None,
                        help="default: $SAGEMAKER_BIND_TO_PORT, else 8080")
-    serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    serve.add_argument("--workers", type=_workers, default="auto",
+                       help="worker processes, or 'auto' (default): one per core on the CPU, "
+                            "as memory allows; one on a GPU")
     serve.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
     serve.add_argument("--max-batch-rows", type=int, default=4096,
                        help="rows per coalesced search batch (default 4096)")
@@ -52,6 +54,14 @@ def _add_serve(commands) -> None:
                        help="larger bodies get 413 (default: $SAGEMAKER_MAX_PAYLOAD_IN_MB, "
                             "else 6)")
     serve.add_argument("--access-log", action="store_true", help="log every request")
+
+
+def _workers(text: str) -> int | str:
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a positive integer or 'auto'")
+    return int(text)
 
 
 def _add_transform(commands) -> None:

@@ -174,6 +174,28 @@ def load(path: str | Path, device: str = "auto") -> KNNModel:
     return _model_from_files(files, device=_backend.resolve_device(device), origin=path)
 
 
+def verify(path: str | Path) -> dict[str, Any]:
+    """Check a model's files (presence, format version, checksums) without building it.
+
+    Returns
+    -------
+    dict
+        The model's metadata (``model_algo-1.json``).
+
+    Raises
+    ------
+    ModelFileError
+        As :func:`load` would.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ModelFileError(f"{path}: no such model directory or archive")
+    files = _read_archive(path) if path.is_file() else _read_directory(path)
+    meta = _read_metadata(files, path)
+    _verify_checksums(files, meta, path)
+    return meta
+
+
 def _read_directory(path: Path) -> dict[str, bytes]:
     if not (path / METADATA).is_file():
         raise ModelFileError(f"{path}: not a gpuknn model directory ({METADATA} is missing)")

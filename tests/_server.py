@@ -47,10 +47,12 @@ class Server:
     """``python -m gpuknn.cli serve ...`` in a subprocess; its output goes to ``log``."""
 
     def __init__(self, args: list[str], log: Path, *, env: dict[str, str] | None = None,
-                 port: int | None = None):
+                 port: int | None = None, workers: str | None = "1"):
         self.port = free_port() if port is None else port
         self.log = log
         command = [sys.executable, "-m", "gpuknn.cli", "serve", *args]
+        if workers is not None and "--workers" not in args:
+            command += ["--workers", workers]  # one process: its counters are the server's
         if port is None and "--port" not in args:
             command += ["--port", str(self.port), "--host", "127.0.0.1"]
         with open(log, "wb") as handle:

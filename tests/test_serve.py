@@ -411,10 +411,25 @@ def test_model_info(server, reference):
     assert info["classes"] == model.classes_.tolist()
 
 
-def test_a_missing_model_stops_the_server_with_a_reason(tmp_path):
-    server = Server(["--model", str(tmp_path / "nowhere")], tmp_path / "serve.log")
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_missing_model_stops_the_server_with_a_reason(tmp_path, workers):
+    server = Server(["--model", str(tmp_path / "nowhere")], tmp_path / "serve.log",
+                    workers=workers)
     assert server.process.wait(timeout=60) == 1
     assert "no such model directory" in server.output()
+
+
+def test_workers_auto_is_the_default(models, tmp_path, queries):
+    """One worker per usable core on the CPU (memory permitting)."""
+    server = Server(["--model", str(models["classifier"])], tmp_path / "serve.log",
+                    workers=None).wait_ready()
+    try:
+        cores = len(os.sched_getaffinity(0))
+        expected = "1 worker process" if cores == 1 else f"{cores} worker processes"
+        assert f"with {expected}" in server.output()
+        assert_healthy(server, queries)
+    finally:
+        assert server.stop() == 0
 
 
 def test_several_workers_share_an_ivf_index(letter, tmp_path, queries):

@@ -1,10 +1,11 @@
 """Run the inference application on uvicorn: ``gpuknn serve``.
 
-One worker process (the default) serves every request through one micro-batcher,
-which is what a brute-force search wants: its batches grow with the load. Several
-workers (``--workers``) each load the model and batch on their own; an IVF model in a
-directory is memory-mapped by faiss, so its inverted lists are shared by the workers
-through the page cache.
+Each worker process serves its requests through one micro-batcher, so its search
+batches grow with the load. ``--workers auto`` (the CLI's default) starts one worker per
+usable core on the CPU, since a cluster-pruned search keeps one core busy per process,
+as many as memory allows, and one on a GPU. Every worker loads the model itself; an IVF
+model in a directory is memory-mapped by faiss, so its inverted lists are shared by the
+workers through the page cache.
 
 SIGTERM (SageMaker's stop) makes uvicorn stop accepting connections, finish the
 requests in flight (up to :data:`GRACEFUL_SECONDS`, inside SageMaker's 30 s before
@@ -22,7 +23,9 @@ from pathlib import Path
 
 import uvicorn
 
+from gpuknn import _backend, model_io
 from gpuknn.environment import resolve_root
+from gpuknn.errors import ClientError
 from gpuknn.serving.app import ServeSettings, create_app
 
 log = logging.getLogger("gpuknn.serve")
@@ -43,15 +46,57 @@ def default_port() -> int:
     return int(value) if value.isdigit() else DEFAULT_PORT
 
 
+def auto_workers(settings: ServeSettings) -> int:
+    """Worker processes for ``--workers auto``: one per usable core on the CPU (a pruned
+    search runs on one core per process), as many as half the available memory holds at
+    about three times the model's size each; one on a GPU (one CUDA context)."""
+    if _backend.resolve_device(settings.device) == "gpu":
+        return 1
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    per_worker = 3 * _size_on_disk(Path(settings.model_path))
+    available = _available_memory()
+    fits = cores if available is None or per_worker == 0 else int(available // 2 // per_worker)
+    return max(1, min(cores, fits))
+
+
+def _size_on_disk(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(item.stat().st_size for item in path.glob("*") if item.is_file())
+
+
+def _available_memory() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def serve(settings: ServeSettings, *, host: str = "0.0.0.0", port: int | None = None,
-          workers: int = 1, access_log: bool = False) -> int:
+          workers: int | str = 1, access_log: bool = False) -> int:
     """Serve until SIGTERM or SIGINT; the process exit code.
+
+    Parameters
+    ----------
+    workers : int or "auto"
+        Worker processes; ``"auto"`` is :func:`auto_workers`.
 
     Returns
     -------
     int
         0 after a clean shutdown, 1 if the model could not be loaded or the port bound.
     """
+    if workers == "auto":
+        workers = auto_workers(settings)
+    workers = int(workers)
+    log.info("serving %s with %d worker process%s", settings.model_path, workers,
+             "" if workers == 1 else "es")
     port = default_port() if port is None else port
     # uvicorn re-raises SIGTERM after its graceful shutdown, to whatever handler was there
     # before; with this one, a stop by SIGTERM ends the process with 0, as SageMaker expects.
@@ -59,6 +104,11 @@ def serve(settings: ServeSettings, *, host: str = "0.0.0.0", port: int | None = 
     options = {"host": host, "port": port, "access_log": access_log, "log_level": "info",
                "timeout_graceful_shutdown": GRACEFUL_SECONDS, "lifespan": "on"}
     if workers > 1:
+        try:  # each worker loads the model itself; a broken one should stop us here, once
+            model_io.verify(settings.model_path)
+        except ClientError as err:
+            log.error("gpuknn serve stopped: could not load the model: %s", err)
+            return 1
         settings = dataclasses.replace(settings, load_in_background=False)
         os.environ[_SETTINGS_VARIABLE] = json.dumps(dataclasses.asdict(settings))
         uvicorn.run("gpuknn.serving.server:app_from_environment", factory=True,
