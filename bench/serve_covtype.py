@@ -303,8 +303,9 @@ def render(report: dict[str, Any]) -> str:
         ours, theirs = peers[f"gpuknn_{rows}_ms"], peers[f"sklearn_{rows}_ms"]
         lines.append(f"| {rows} | {ours:.2f} ms | {theirs:.2f} ms | {theirs / ours:.2f}x faster |")
     info = report["server_batches"]
-    lines += ["", f"The server ran {info['batches']:,} searches for {info['rows_searched']:,} "
-              f"rows; concurrent errors: {len(conc['errors']) + len(conc1['errors'])}.", ""]
+    lines += ["", f"One worker of the default server (its `GET /model` counters) ran "
+              f"{info['batches']:,} searches for {info['rows_searched']:,} rows. Errors in the "
+              f"concurrent phases: {len(conc['errors']) + len(conc1['errors'])}.", ""]
     return "\n".join(lines)
 
 
