@@ -67,14 +67,13 @@ class ExactSearch:
         # distance ties stay ties, broken by the smaller row as before).
         self._center = xp.round(self.vectors.mean(axis=0)) if metric == "L2" else None
         base = self.vectors - self._center if metric == "L2" else self.vectors
-        # Scaled copy so that one GEMM yields the ranking surrogate without an extra pass.
         self._partition, self._space = None, None
         if metric == "L2" and xp is np and partition != "never":
             self._partition, self._space = _partition(base, self.vectors, self._center,
                                                       always=partition == "always")
         if self._space is not None:  # the partition's layout replaces the plain one
             self._scaled, self._sq_norms = self._space.scaled, self._space.sq_norms
-        else:
+        else:  # a scaled copy: one GEMM yields the ranking surrogate without an extra pass
             scale = -2.0 if metric == "L2" else -1.0
             self._scaled = base * xp.float32(scale)
             self._sq_norms = (base * base).sum(axis=1) if metric == "L2" else None

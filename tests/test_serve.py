@@ -459,8 +459,13 @@ def test_several_workers_share_an_ivf_index(letter, tmp_path, queries):
 SDK_CLIENT = """
 import json, sys
 import numpy as np
+import sagemaker.local.local_session as local_session
 from sagemaker.amazon.knn import KNNPredictor
 from sagemaker.local import LocalSession
+
+# The SDK asks `docker` where a local endpoint lives; the server here is on loopback, and
+# docker may not be installed.
+local_session.get_docker_host = lambda: "127.0.0.1"
 
 port, rows = int(sys.argv[1]), np.array(json.loads(sys.argv[2]))
 session = LocalSession()

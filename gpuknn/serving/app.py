@@ -97,7 +97,10 @@ class _State:
         try:
             model = await run_in_threadpool(_load_and_warm, self.settings)
         except Exception as err:
-            log.exception("could not load the model")
+            if isinstance(err, ClientError):  # a missing or broken model: its reason suffices
+                log.error("could not load the model: %s", err)
+            else:
+                log.exception("could not load the model")
             if self.on_load_failure is not None:
                 self.on_load_failure(f"could not load the model: {err}")
             return
