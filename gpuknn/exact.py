@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TILE_BYTES = 16 << 20
 QUERY_CHUNK = 256
+# On a GPU, large tiles keep the GEMMs and selections big enough to fill the device.
+GPU_TILE_BYTES = 1 << 30
+GPU_QUERY_CHUNK = 8192
 # Queries per pass of a cluster-pruned search (bounds its candidate lists).
 PARTITION_CHUNK = 4096
 # Elements of the (rows, k, d) gather used to recompute the winners' distances.
@@ -46,8 +49,9 @@ class ExactSearch:
         ``COSINE`` is searched as an inner product.
     xp : module
         ``numpy`` or ``cupy``.
-    tile_bytes : int
-        Upper bound on the memory of one score tile.
+    tile_bytes : int, optional
+        Upper bound on the memory of one score tile; default 16 MiB on the CPU (stays
+        in cache) and 1 GiB on a GPU.
     partition : {"auto", "never", "always"}
         Cluster pruning (:mod:`gpuknn.partition`, L2 on the CPU with faiss installed):
         ``"auto"`` builds it for large bases and keeps it only where it pays off on the
@@ -55,9 +59,11 @@ class ExactSearch:
     """
 
     def __init__(self, vectors: Any, metric: str, *, xp: ModuleType = np,
-                 tile_bytes: int = DEFAULT_TILE_BYTES, partition: str = "auto"):
+                 tile_bytes: int | None = None, partition: str = "auto"):
         self.xp = xp
         self.metric = metric
+        if tile_bytes is None:
+            tile_bytes = DEFAULT_TILE_BYTES if xp is np else GPU_TILE_BYTES
         self.tile_bytes = int(tile_bytes)
         self.vectors = xp.ascontiguousarray(vectors, dtype=xp.float32)
         # L2 is translation-invariant: centring on the mean keeps |x|^2 small, so the float32
@@ -114,7 +120,8 @@ class ExactSearch:
         n_queries = queries.shape[0]
         distances = xp.empty((n_queries, k), dtype=xp.float32)
         positions = xp.empty((n_queries, k), dtype=xp.int64)
-        step = PARTITION_CHUNK if self._partition is not None else QUERY_CHUNK
+        step = (PARTITION_CHUNK if self._partition is not None
+                else QUERY_CHUNK if xp is np else GPU_QUERY_CHUNK)
         chunks = [slice(s, min(s + step, n_queries)) for s in range(0, n_queries, step)]
 
         ranked = queries - self._center if self._center is not None else queries

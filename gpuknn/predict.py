@@ -1,8 +1,9 @@
 """Turn neighbour labels into predictions: majority vote or mean.
 
-These are the numpy twins of the GPU ``vote`` and ``mean`` kernels; they are
-written against ``xp`` and run on either. Missing neighbours (index ``-1``) are
-left out of the vote and the mean.
+These are the numpy twins of the GPU ``vote`` and ``mean`` kernels
+(:mod:`gpuknn.kernels`): with ``xp`` numpy they are the CPU path, and with cupy the
+kernels run instead. Missing neighbours (index ``-1``) are left out of the vote and
+the mean.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+
+from gpuknn import kernels
 
 
 def vote_counts(neighbour_classes: Any, n_classes: int, *, xp: ModuleType = np) -> Any:
@@ -26,6 +29,8 @@ def vote_counts(neighbour_classes: Any, n_classes: int, *, xp: ModuleType = np) 
     -------
     array of shape (n_queries, n_classes), int64
     """
+    if xp is not np and n_classes <= kernels.MAX_VOTE_CLASSES:
+        return kernels.vote(neighbour_classes, n_classes, xp=xp)[0]
     n_queries = neighbour_classes.shape[0]
     valid = neighbour_classes >= 0
     rows = xp.broadcast_to(xp.arange(n_queries, dtype=xp.int64)[:, None], neighbour_classes.shape)
@@ -74,6 +79,8 @@ def mean_labels(neighbour_labels: Any, found: Any, *, xp: ModuleType = np) -> An
     array of shape (n_queries,), float32
         NaN for a query without any neighbour.
     """
+    if xp is not np:
+        return kernels.mean(neighbour_labels, found, xp=xp)
     totals = xp.where(found, neighbour_labels.astype(xp.float64), 0.0).sum(axis=1)
     counts = found.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):

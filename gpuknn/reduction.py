@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from gpuknn import kernels
+
 ROW_CHUNK = 8192
 # Largest FJLT matrix (input_dim x target_dim) materialised for the CPU GEMM path: 256 MB.
 DENSE_MAX_ELEMENTS = 1 << 26
@@ -141,7 +143,8 @@ class FJLT:
     def transform(self, X: Any, *, xp: ModuleType = np) -> Any:
         """Sign flip, Walsh-Hadamard transform, subsampling, in chunks of :data:`ROW_CHUNK`.
 
-        The numpy twin of the GPU ``fjlt`` kernel.
+        The numpy twin of the GPU ``fjlt`` kernel, which runs instead on a GPU
+        (for a padded dimension up to :data:`gpuknn.kernels.MAX_FJLT_DIM`).
 
         Parameters
         ----------
@@ -155,6 +158,8 @@ class FJLT:
         flips = xp.asarray(self.flips, dtype=xp.float32)
         keep = xp.asarray(self.keep)
         scale = xp.float32(1.0 / np.sqrt(self.target_dim))
+        if xp is not np and self.padded_dim <= kernels.MAX_FJLT_DIM:
+            return kernels.fjlt(X, flips, keep, float(scale), xp=xp)
         out = xp.empty((X.shape[0], self.target_dim), dtype=xp.float32)
         for start in range(0, X.shape[0], ROW_CHUNK):
             rows = slice(start, start + ROW_CHUNK)

@@ -1,0 +1,130 @@
+"""The CUDA kernels of ``kernels/*.cu``: compiled by nvcc here, compared with their numpy
+twins on a GPU.
+
+The compile check runs wherever ``nvcc`` exists (the CPU CI machines have it), so a
+syntax error never waits for a GPU. The comparisons are marked ``gpu`` and use awkward
+sizes: not multiples of the block size, dimensions that are not powers of two, k from
+1 to 2048, missing neighbours and tied votes.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gpuknn import KNN, _backend, kernels, predict
+from gpuknn.reduction import FJLT
+
+KERNELS = sorted((Path(__file__).resolve().parent.parent / "kernels").glob("*.cu"))
+NVCC = shutil.which("nvcc")
+
+
+def test_every_kernel_file_is_found_and_documented():
+    assert [path.stem for path in KERNELS] == ["fjlt", "mean", "vote"]
+    for path in KERNELS:
+        assert kernels.source(path.stem) == path.read_text()
+        assert f"``{path.stem}``" in kernels.__doc__, f"{path.name} has no twin listed"
+        names = re.findall(r'extern "C" __global__ void (\w+)', path.read_text())
+        assert names == [f"gpuknn_{path.stem}"], names
+
+
+def supported_architectures() -> set[str]:
+    listed = subprocess.run([NVCC, "--list-gpu-arch"], capture_output=True, text=True,
+                            check=True).stdout.split()
+    return {name.removeprefix("compute_") for name in listed}
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc is not installed")
+@pytest.mark.parametrize("arch", ["70", "75", "90"])
+@pytest.mark.parametrize("path", KERNELS, ids=lambda path: path.name)
+def test_kernels_compile_to_ptx(path, arch, tmp_path):
+    if arch not in supported_architectures():
+        # CUDA 13 dropped Volta; the kernels use nothing newer than sm_70 offers, and
+        # CUDA 12 toolkits (the faiss-gpu and cupy-cuda12x world of ml.p3) compile them.
+        pytest.skip(f"this nvcc cannot target compute_{arch}")
+    result = subprocess.run([NVCC, "--ptx", f"-arch=compute_{arch}", "-o",
+                             str(tmp_path / f"{path.stem}.ptx"), str(path)],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "gpuknn_" + path.stem in (tmp_path / f"{path.stem}.ptx").read_text()
+
+
+# -- on a GPU: every kernel against its numpy twin ---------------------------------------------
+@pytest.fixture
+def cupy():
+    return _backend.array_module("gpu")
+
+
+VOTE_CASES = [(1, 1, 1), (1000, 7, 3), (4097, 100, 26), (333, 2048, 1000),
+              (50, 10, kernels.MAX_VOTE_CLASSES)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("n_queries", "k", "n_classes"), VOTE_CASES)
+def test_vote_matches_its_twin(cupy, rng, n_queries, k, n_classes):
+    classes = rng.integers(-1, n_classes, size=(n_queries, k))  # -1: missing neighbour
+    classes[: n_queries // 3] = np.sort(classes[: n_queries // 3], axis=1)
+    classes[n_queries // 3 : n_queries // 2, ::2] = 0  # ties between class 0 and others
+    counts, majority = kernels.vote(cupy.asarray(classes), n_classes, xp=cupy)
+    want_counts = predict.vote_counts(classes, n_classes, xp=np)
+    np.testing.assert_array_equal(counts.get(), want_counts)
+    np.testing.assert_array_equal(majority.get(), predict.majority(want_counts, xp=np))
+    shares = predict.vote_shares(counts, xp=cupy).get()
+    np.testing.assert_allclose(shares, predict.vote_shares(want_counts, xp=np), rtol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("n_queries", "k"), [(1, 1), (999, 10), (4097, 33), (100, 2048)])
+def test_mean_matches_its_twin(cupy, rng, n_queries, k):
+    labels = (rng.standard_normal((n_queries, k)) * 100).astype(np.float32)
+    found = rng.random((n_queries, k)) < 0.9
+    found[0] = False  # a query without neighbours: NaN in both
+    got = kernels.mean(cupy.asarray(labels), cupy.asarray(found), xp=cupy).get()
+    want = predict.mean_labels(labels, found, xp=np)
+    np.testing.assert_allclose(got, want, rtol=1e-6, equal_nan=True)
+    assert np.isnan(got[0])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("n_rows", "input_dim", "target_dim"),
+                         [(1, 1, 1), (1000, 54, 16), (257, 100, 64), (3000, 784, 128),
+                          (33, 5000, 1000), (10, 8192, 8192)])
+def test_fjlt_matches_its_twin(cupy, rng, n_rows, input_dim, target_dim):
+    transform = FJLT.fit(input_dim, target_dim, seed=7)
+    X = rng.standard_normal((n_rows, input_dim)).astype(np.float32)
+    got = transform.transform(cupy.asarray(X), xp=cupy).get()  # the kernel
+    want = transform.transform(X, xp=np)  # the twin
+    scale = np.abs(want).max()
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * scale)
+
+
+@pytest.mark.gpu
+def test_fjlt_wider_than_shared_memory_falls_back(cupy, rng):
+    transform = FJLT.fit(9000, 32, seed=1)  # padded to 16384 > MAX_FJLT_DIM
+    X = rng.standard_normal((5, 9000)).astype(np.float32)
+    np.testing.assert_allclose(transform.transform(cupy.asarray(X), xp=cupy).get(),
+                               transform.transform(X), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("predictor_type", ["classifier", "regressor"])
+@pytest.mark.parametrize("reduction", [None, "fjlt", "sign"])
+def test_estimator_on_gpu_predicts_as_on_cpu(letter, predictor_type, reduction):
+    X, y, Q, _ = letter
+    extra = {} if reduction is None else {"dimension_reduction_type": reduction,
+                                          "dimension_reduction_target": 8}
+    settings = dict(k=10, predictor_type=predictor_type, sample_size=len(X), feature_dim=16,
+                    **extra)
+    cpu = KNN(device="cpu", **settings).fit(X, y)
+    gpu = KNN(device="gpu", **settings).fit(X, y)
+    got, want = gpu.predict(Q), cpu.predict(Q)
+    agree = np.mean(got == want) if predictor_type == "classifier" else np.mean(
+        np.isclose(got, want, rtol=1e-5))
+    # Distance ties on this integer data may be ordered differently by float32 GEMMs
+    # of different shapes; the neighbour sets, and so the votes, almost never change.
+    assert agree >= 0.995, agree
