@@ -9,6 +9,7 @@ kernel         numpy twin
 ``vote``       :func:`gpuknn.predict.vote_counts` and :func:`~gpuknn.predict.majority`
 ``mean``       :func:`gpuknn.predict.mean_labels`
 ``fjlt``       :meth:`gpuknn.reduction.FJLT.transform`
+``select_k``   :func:`gpuknn.topk.select_k`
 =============  ===========================================================
 
 This module never imports CuPy: callers pass the array module (``xp``) they got from
@@ -34,6 +35,9 @@ MAX_VOTE_CLASSES = (SHARED_BYTES - 2 * 4 * VOTE_THREADS) // 4
 MEAN_WARPS_PER_BLOCK = 8
 # Widest padded row (floats) that the fused FJLT holds in shared memory.
 MAX_FJLT_DIM = 8192
+# select_k.cu: GPUKNN_MAX_K and GPUKNN_THREADS.
+MAX_SELECT_K = 2048
+SELECT_THREADS = 256
 
 
 def source_dirs() -> list[Path]:
@@ -154,3 +158,32 @@ def fjlt(X: Any, flips: Any, keep: Any, scale: float, *, xp: ModuleType) -> Any:
                              np.int32(padded_dim), np.int32(target_dim), np.float32(scale),
                              out), shared_mem=4 * padded_dim)
     return out
+
+
+def select_k(scores: Any, k: int, *, xp: ModuleType) -> tuple[Any, Any]:
+    """The k smallest scores of every row, smallest first, ties to the smaller column.
+
+    Parameters
+    ----------
+    scores : cupy array of shape (n_rows, n_cols), float32
+        No NaN.
+    k : int
+        ``1 <= k <= min(n_cols, MAX_SELECT_K)``.
+
+    Returns
+    -------
+    values : cupy array of shape (n_rows, k), float32
+    columns : cupy array of shape (n_rows, k), int64
+    """
+    scores = xp.ascontiguousarray(scores, dtype=xp.float32)
+    n_rows, n_cols = scores.shape
+    if not 1 <= k <= min(n_cols, MAX_SELECT_K):
+        raise ValueError(f"the select_k kernel takes 1 <= k <= min(n_cols, {MAX_SELECT_K}); "
+                         f"got k={k} for {n_cols} columns")
+    values = xp.empty((n_rows, k), dtype=xp.float32)
+    columns = xp.empty((n_rows, k), dtype=xp.int64)
+    if n_rows:
+        _kernel(xp, "select_k")((n_rows,), (SELECT_THREADS,),
+                                (scores, np.int32(n_rows), np.int32(n_cols), np.int32(k),
+                                 values, columns))
+    return values, columns

@@ -12,6 +12,9 @@ groups with the smallest minima contain k scores no larger than their largest
 minimum ``t``, so every score of the true top k is ``<= t``, and any other group
 (whose minimum is ``>= t``) can only hold a score that ties the k-th. Those rare
 rows are detected and redone with a full stable sort.
+
+This is the numpy twin of ``kernels/select_k.cu`` (radix select, then a bitonic sort
+of the k winners), which runs instead on a GPU for float32 scores and k <= 2048.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+
+from gpuknn import kernels
 
 # Rows at most this wide (or with k this close to the width) are sorted directly.
 DIRECT_SORT_MAX_WIDTH = 2048
@@ -48,6 +53,8 @@ def select_k(scores: Any, k: int, *, xp: ModuleType = np) -> tuple[Any, Any]:
     n_rows, n_cols = scores.shape
     if not 1 <= k <= n_cols:
         raise ValueError(f"k must be in [1, {n_cols}]; got {k}")
+    if xp is not np and scores.dtype == xp.float32 and k <= kernels.MAX_SELECT_K:
+        return kernels.select_k(scores, k, xp=xp)
     group_size = _group_size(n_cols, k)
     if group_size < 2:
         return _stable_smallest(scores, xp.arange(n_cols, dtype=xp.int64), k, xp=xp)

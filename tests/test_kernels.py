@@ -19,13 +19,14 @@ import pytest
 
 from gpuknn import KNN, _backend, kernels, predict
 from gpuknn.reduction import FJLT
+from gpuknn.topk import select_k
 
 KERNELS = sorted((Path(__file__).resolve().parent.parent / "kernels").glob("*.cu"))
 NVCC = shutil.which("nvcc")
 
 
 def test_every_kernel_file_is_found_and_documented():
-    assert [path.stem for path in KERNELS] == ["fjlt", "mean", "vote"]
+    assert [path.stem for path in KERNELS] == ["fjlt", "mean", "select_k", "vote"]
     for path in KERNELS:
         assert kernels.source(path.stem) == path.read_text()
         assert f"``{path.stem}``" in kernels.__doc__, f"{path.name} has no twin listed"
@@ -76,6 +77,26 @@ def test_vote_matches_its_twin(cupy, rng, n_queries, k, n_classes):
     np.testing.assert_array_equal(majority.get(), predict.majority(want_counts, xp=np))
     shares = predict.vote_shares(counts, xp=cupy).get()
     np.testing.assert_allclose(shares, predict.vote_shares(want_counts, xp=np), rtol=1e-6)
+
+
+SELECT_CASES = [(1, 1, 1), (7, 5, 5), (100, 3001, 10), (257, 2049, 2048), (33, 70_000, 2048),
+                (5, 100_000, 1)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("n_rows", "n_cols", "k"), SELECT_CASES)
+@pytest.mark.parametrize("kind", ["gaussian", "integer ties", "signed zeros"])
+def test_select_k_matches_its_twin(cupy, rng, n_rows, n_cols, k, kind):
+    if kind == "gaussian":
+        scores = rng.standard_normal((n_rows, n_cols)).astype(np.float32) * 1e3
+    elif kind == "integer ties":  # many equal scores: ties must go to the smaller column
+        scores = rng.integers(-3, 4, (n_rows, n_cols)).astype(np.float32)
+    else:
+        scores = rng.choice(np.array([-0.0, 0.0, 1.0, -1.0], np.float32), (n_rows, n_cols))
+    values, columns = kernels.select_k(cupy.asarray(scores), k, xp=cupy)
+    want_values, want_columns = select_k(scores, k, xp=np)
+    np.testing.assert_array_equal(values.get(), want_values)
+    np.testing.assert_array_equal(columns.get(), want_columns)
 
 
 @pytest.mark.gpu
