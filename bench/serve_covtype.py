@@ -6,7 +6,7 @@ Run from the project root with the project's virtual environment::
     python bench/serve_covtype.py --quick    # smoke test: 20,000-row model, short runs
 
 The model is SageMaker's covtype endpoint model: 200,000 x 54 rows of
-:func:`train_covtype.covtype_like` (the same generator as the training benchmark),
+:func:`gpuknn.datasets.synthetic.covtype_like` (the same generator as the training benchmark),
 ``k=10``, ``faiss.Flat``, L2, classifier, saved as a directory. The server is
 ``python -m gpuknn.cli serve --model DIR`` in a subprocess on a loopback port, with its
 defaults (``--workers auto``: one worker per core here; micro-batching on). Clients are
@@ -48,9 +48,9 @@ from typing import Any
 
 import numpy as np
 from _machine import machine  # bench/_machine.py, beside this script
-from train_covtype import covtype_like
 
 from gpuknn import KNN, KNNModel
+from gpuknn.datasets.synthetic import covtype_like
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 SAGEMAKER_C5 = {"single_mean_ms": 15.1, "single_p90_ms": 17.2, "single_p99_ms": 21.2,

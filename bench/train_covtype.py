@@ -121,32 +121,12 @@ import numpy as np
 from _machine import machine  # bench/_machine.py, beside this script
 
 import gpuknn
+from gpuknn.datasets import synthetic
+from gpuknn.datasets.synthetic import N_CLASSES, SEED, covtype_like
 from gpuknn.io import write_recordio
 
-SEED = 20240607
 TRAIN_ROWS, TEST_ROWS, SAMPLE_SIZE = 500_000, 58_000, 200_000
 QUICK_ROWS = (50_000, 5_800, 20_000)
-N_CLASSES = 7
-# covtype's 10 quantitative columns and their ranges in the UCI file
-COLUMNS = ["Elevation", "Aspect", "Slope", "Horizontal_Distance_To_Hydrology",
-           "Vertical_Distance_To_Hydrology", "Horizontal_Distance_To_Roadways",
-           "Hillshade_9am", "Hillshade_Noon", "Hillshade_3pm",
-           "Horizontal_Distance_To_Fire_Points"]
-RANGES = np.array([(1859, 3858), (0, 360), (0, 66), (0, 1397), (-173, 601), (0, 7117),
-                   (0, 254), (0, 254), (0, 254), (0, 7173)], dtype=np.float64)
-CLASS_SHARES = np.array([0.365, 0.488, 0.062, 0.005, 0.016, 0.030, 0.035])
-CLASS_MEANS = np.array([  # one row per class, columns as COLUMNS
-    [3130, 156, 13, 270, 42, 2610, 211, 223, 144, 2010],
-    [2920, 152, 14, 280, 46, 2430, 214, 225, 143, 2170],
-    [2395, 176, 21, 210, 62, 940, 202, 216, 140, 910],
-    [2225, 137, 18, 230, 38, 910, 228, 217, 111, 860],
-    [2790, 139, 17, 210, 51, 1350, 223, 219, 121, 1580],
-    [2420, 180, 19, 160, 45, 1040, 193, 210, 148, 1060],
-    [3360, 153, 14, 356, 70, 2740, 217, 222, 135, 2070]], dtype=np.float64)
-PATCH_SPREAD = np.array([150, 110, 7, 200, 55, 1400, 25, 18, 35, 1300], dtype=np.float64)
-ROW_SPREAD = 0.03  # of each column's range
-N_PATCHES = 2000
-KEEP_WILDERNESS, KEEP_SOIL = 0.9, 0.8
 
 HYPERPARAMETERS = {"feature_dim": "54", "k": "10", "predictor_type": "classifier",
                    "sample_size": "200000"}
@@ -203,41 +183,6 @@ print(json.dumps(out))
 # ----------------------------------------------------------------------------------------
 # Data
 # ----------------------------------------------------------------------------------------
-def _draw(rng: np.random.Generator, probabilities: np.ndarray) -> np.ndarray:
-    """One category per row of ``probabilities`` (rows sum to 1)."""
-    cumulative = np.cumsum(probabilities, axis=1)
-    cumulative[:, -1] = 1.0
-    return (rng.random((len(probabilities), 1)) < cumulative).argmax(axis=1)
-
-
-def covtype_like(n: int, seed: int = SEED) -> tuple[np.ndarray, np.ndarray]:
-    """Covtype-shaped float64 rows (n, 54) and float64 labels 0-6 (see the module doc)."""
-    rng = np.random.default_rng(seed)
-    per_class = np.maximum(np.round(CLASS_SHARES * N_PATCHES).astype(int), 10)
-    patch_class = np.repeat(np.arange(N_CLASSES), per_class)
-    centres = (CLASS_MEANS[patch_class]
-               + PATCH_SPREAD * rng.standard_normal((len(patch_class), len(COLUMNS))))
-    wilderness_p = rng.dirichlet(np.full(4, 0.6), N_CLASSES)
-    soil_p = rng.dirichlet(np.full(40, 0.15), N_CLASSES)
-    patch_wilderness = _draw(rng, wilderness_p[patch_class])
-    patch_soil = _draw(rng, soil_p[patch_class])
-    weights = CLASS_SHARES[patch_class] / per_class[patch_class]
-    patch = rng.choice(len(patch_class), n, p=weights / weights.sum())
-    y = patch_class[patch]
-    low, high = RANGES[:, 0], RANGES[:, 1]
-    quantitative = centres[patch] + (ROW_SPREAD * (high - low)
-                                     * rng.standard_normal((n, len(COLUMNS))))
-    X = np.zeros((n, 54))
-    X[:, :10] = np.clip(np.rint(quantitative), low, high)
-    wilderness = np.where(rng.random(n) < KEEP_WILDERNESS, patch_wilderness[patch],
-                          _draw(rng, wilderness_p[y]))
-    soil = np.where(rng.random(n) < KEEP_SOIL, patch_soil[patch], _draw(rng, soil_p[y]))
-    rows = np.arange(n)
-    X[rows, 10 + wilderness] = 1.0
-    X[rows, 14 + soil] = 1.0
-    return X, y.astype(np.float64)
-
-
 def write_config(root: Path, mode: str, hyperparameters: dict[str, str]) -> None:
     """The three files SageMaker writes into ``input/config`` before ``train``."""
     config = root / "input" / "config"
@@ -1005,11 +950,13 @@ def measure(args: argparse.Namespace, data: dict[str, Any], directory: Path,
                     "covtype-shaped synthetic, k=10, sample_size 200000, faiss.Flat, L2",
         "command": [*command, "train", "--ml-root", "<root>"],
         "hyperparameters": data["hyperparameters"], "data": data["summary"],
-        "generator": {"class_shares": CLASS_SHARES.tolist(),
-                      "class_means": CLASS_MEANS.tolist(), "columns": COLUMNS,
-                      "patch_spread": PATCH_SPREAD.tolist(), "row_spread": ROW_SPREAD,
-                      "patches": N_PATCHES, "keep_wilderness": KEEP_WILDERNESS,
-                      "keep_soil": KEEP_SOIL},
+        "generator": {"class_shares": synthetic.CLASS_SHARES.tolist(),
+                      "class_means": synthetic.CLASS_MEANS.tolist(),
+                      "columns": synthetic.COLUMNS,
+                      "patch_spread": synthetic.PATCH_SPREAD.tolist(),
+                      "row_spread": synthetic.ROW_SPREAD, "patches": synthetic.N_PATCHES,
+                      "keep_wilderness": synthetic.KEEP_WILDERNESS,
+                      "keep_soil": synthetic.KEEP_SOIL},
         "sagemaker": SAGEMAKER, "targets": {}, "file_runs": runs,
     }
     if not args.no_pipe:

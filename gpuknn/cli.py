@@ -28,6 +28,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="default: $GPUKNN_ML_ROOT, else /opt/ml")
     _add_serve(commands)
     _add_transform(commands)
+    bench = commands.add_parser(
+        "bench", help="measure gpuknn against scikit-learn, faiss and hnswlib on a data set")
+    from gpuknn.benchmark.runner import add_arguments  # noqa: PLC0415 - argparse only
+
+    add_arguments(bench)
     return parser
 
 
@@ -102,6 +107,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                            index_metric=args.index_metric, device=args.device, out=sys.stdout)
         elif args.command == "transform":
             _transform(args)
+        elif args.command == "bench":
+            from gpuknn.benchmark import runner  # noqa: PLC0415 - keep start-up light
+
+            runner.run(args)
     except ClientError as err:
         print(f"gpuknn {args.command}: error: {err}", file=sys.stderr)
         return 2
