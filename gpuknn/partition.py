@@ -240,10 +240,18 @@ def build(vectors: np.ndarray, *, seed: int = 0,
 
 def search_space(partition: ClusterPartition, base: np.ndarray, vectors: np.ndarray,
                  center: np.ndarray) -> SearchSpace:
-    """The partitioned layout of ``base`` (n, d) float32, centred."""
+    """The partitioned layout of ``base`` (n, d) float32, centred.
+
+    Built in place and in row chunks, so that it costs one copy of the base; the values
+    are those of the brute-force layout, row for row.
+    """
     ordered = base[partition.order]
-    return SearchSpace(ordered * np.float32(-2.0), (ordered * ordered).sum(axis=1), vectors,
-                       center)
+    sq_norms = np.empty(len(ordered), dtype=ordered.dtype)
+    for start in range(0, len(ordered), 1 << 16):
+        rows = ordered[start:start + (1 << 16)]
+        sq_norms[start:start + len(rows)] = (rows * rows).sum(axis=1)
+    ordered *= np.float32(-2.0)
+    return SearchSpace(ordered, sq_norms, vectors, center)
 
 
 def probe(partition: ClusterPartition, space: SearchSpace, *, seed: int = 0) -> float:
