@@ -22,7 +22,8 @@ for pair in scipy:scipy google.protobuf:protobuf threadpoolctl:threadpoolctl tqd
 done
 if ((${#missing[@]})); then
     if [ -d .wheels ]; then
-        "$PY" -m pip install --quiet --no-index --find-links .wheels "${missing[@]}" \
+        # --no-deps: .wheels holds every wheel needed, and numpy comes with CuPy there
+        "$PY" -m pip install --quiet --no-index --no-deps --find-links .wheels .wheels/*.whl \
             || echo "gpu_check: could not install ${missing[*]} from .wheels/"
     else
         echo "gpu_check: missing ${missing[*]} and there is no .wheels/ (bench/fetch_gpu_wheels.sh)"

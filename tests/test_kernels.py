@@ -9,9 +9,11 @@ sizes: not multiples of the block size, dimensions that are not powers of two, k
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -149,3 +151,17 @@ def test_estimator_on_gpu_predicts_as_on_cpu(letter, predictor_type, reduction):
     # Distance ties on this integer data may be ordered differently by float32 GEMMs
     # of different shapes; the neighbour sets, and so the votes, almost never change.
     assert agree >= 0.995, agree
+
+
+@pytest.mark.skipif(_backend.has_gpu(), reason="on a GPU, gpu_check.sh is the real run")
+def test_gpu_check_script_runs_through_without_a_gpu(tmp_path):
+    """The one script a GPU session runs: here its tests skip, and the bench says why."""
+    script = Path(__file__).resolve().parent.parent / "bench" / "gpu_check.sh"
+    result = subprocess.run(["bash", str(script), "--quick"], capture_output=True, text=True,
+                            timeout=600, check=False,
+                            env={**os.environ, "OUT": str(tmp_path),
+                                 "PYTHON": sys.executable})
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "pytest exit 0, gpu_bench exit 2" in result.stdout
+    assert "no CUDA GPU with CuPy here" in result.stderr
+    assert "skipped" in (tmp_path / "gpu_check-pytest.txt").read_text()
