@@ -444,7 +444,7 @@ def scoring_breakdown(data: dict[str, Any], sample_size: int, n_queries: int,
     ``repeats`` times in interleaved rounds (best kept) and scaled to the whole test
     channel.
     """
-    from gpuknn import exact
+    from gpuknn import _backend, exact
 
     n_train = data["n_train"]
     X = data["X"]
@@ -452,7 +452,7 @@ def scoring_breakdown(data: dict[str, Any], sample_size: int, n_queries: int,
     base = np.ascontiguousarray(X[rows], dtype=np.float32)
     queries = np.ascontiguousarray(X[n_train:n_train + n_queries], dtype=np.float32)
     search = exact.ExactSearch(base, "L2")
-    workers = exact._cpu_workers()
+    workers = _backend.usable_cores()
     variants = {
         "gpuknn ExactSearch.search (as in the job)": lambda: search.search(queries, k),
         "GEMM only (the same tiles)": lambda: _tiles(search, queries, k, "gemm"),
@@ -494,7 +494,7 @@ def _tiles(search: Any, queries: np.ndarray, k: int, part: str) -> None:
 
     from threadpoolctl import threadpool_limits
 
-    from gpuknn import exact, topk
+    from gpuknn import _backend, exact, topk
 
     chunk = exact.QUERY_CHUNK
     width = search._block_width(chunk)
@@ -524,7 +524,7 @@ def _tiles(search: Any, queries: np.ndarray, k: int, part: str) -> None:
                 out += search._sq_norms[begin:end]
                 topk.select_k(out, k)
 
-    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(exact._cpu_workers()) as pool:
+    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(_backend.usable_cores()) as pool:
         list(pool.map(run, range(0, len(queries), chunk)))
 
 

@@ -7,6 +7,7 @@ calls array functions through it, so the CPU and GPU paths share one code path.
 from __future__ import annotations
 
 import functools
+import os
 from types import ModuleType
 from typing import Any
 
@@ -30,6 +31,14 @@ def _cupy() -> ModuleType | None:
     except Exception:
         return None
     return cupy
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity where the OS reports one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def has_gpu() -> bool:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from gpuknn import partition as partition_module
+from gpuknn._backend import usable_cores
 from gpuknn.topk import merge_k, select_k
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ class ExactSearch:
                 for chunk in chunks:
                     run(chunk)
             return distances, positions
-        workers = _cpu_workers() if xp is np else 1
+        workers = usable_cores() if xp is np else 1
         if workers < 2 or len(chunks) < 2:
             for chunk in chunks:
                 run(chunk)
@@ -230,9 +230,4 @@ def _single_threaded_blas():
     return _blas_controller().limit(limits=1, user_api="blas")
 
 
-def _cpu_workers() -> int:
-    """Cores this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+

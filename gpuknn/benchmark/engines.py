@@ -7,22 +7,17 @@ that recall and accuracy are computed the same way for all of them (by
 
 from __future__ import annotations
 
-import os
+import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from gpuknn._backend import usable_cores
+
 INDEX_TYPES = ("faiss.Flat", "faiss.IVFFlat", "faiss.IVFPQ")
 PEERS = ("sklearn", "faiss", "hnswlib")
 HNSW_EF = (16, 32, 64, 128, 256, 512, 1024)
-
-
-def cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 @dataclass
@@ -153,7 +148,7 @@ class Hnswlib(Engine):
 
         self.hnsw = hnswlib.Index(space="l2", dim=X.shape[1])
         self.hnsw.init_index(max_elements=len(X), M=16, ef_construction=200, random_seed=0)
-        self.hnsw.add_items(X, np.arange(len(X)), num_threads=cores())
+        self.hnsw.add_items(X, np.arange(len(X)), num_threads=usable_cores())
         self.settings["ef"] = HNSW_EF[0]
 
     def tune(self, Q: np.ndarray, k: int, exact: np.ndarray, recall_target: float,
@@ -166,14 +161,13 @@ class Hnswlib(Engine):
 
     def search(self, Q: np.ndarray, k: int) -> np.ndarray:
         self.hnsw.set_ef(max(self.settings["ef"], k))
-        return self.hnsw.knn_query(Q, k, num_threads=cores())[0].astype(np.int64)
+        return self.hnsw.knn_query(Q, k, num_threads=usable_cores())[0].astype(np.int64)
 
 
 def available(peer: str) -> bool:
     """Whether a peer's library imports."""
-    module = {"sklearn": "sklearn", "faiss": "faiss", "hnswlib": "hnswlib"}[peer]
     try:
-        __import__(module)
+        importlib.import_module(peer)  # the peers' names are their modules' names
     except ImportError:
         return False
     return True

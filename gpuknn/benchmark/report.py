@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from gpuknn import _backend
+from gpuknn._backend import usable_cores
 from gpuknn._version import __version__
-from gpuknn.benchmark.engines import cores
 
 
 def environment() -> dict[str, Any]:
@@ -32,7 +32,7 @@ def environment() -> dict[str, Any]:
                "driver": cp.cuda.runtime.driverGetVersion()}
     return {"date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(
                 timespec="seconds"),
-            "cpu": cpu, "cores": cores(), "platform": platform.platform(), "gpu": gpu,
+            "cpu": cpu, "cores": usable_cores(), "platform": platform.platform(), "gpu": gpu,
             "blas": [{key: pool.get(key) for key in ("internal_api", "version",
                                                      "architecture", "num_threads")}
                      for pool in threadpool_info()],

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 from collections import deque
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from gpuknn._backend import usable_cores
 from gpuknn.errors import DataError
 from gpuknn.io.sources import Stream
 
@@ -49,7 +49,7 @@ def iter_csv(stream: Stream, *, label_size: int) -> Iterator[Rows]:
     features, labels, line = _parse_block(first[0], stream.name, first[1], label_size, None)
     yield features, labels, line
     n_cols = features.shape[1] + label_size
-    workers = _cpu_count()
+    workers = usable_cores()
     with ThreadPoolExecutor(workers) as pool:
         in_flight: deque = deque()
         for block, line in blocks:
@@ -76,13 +76,6 @@ def _line_blocks(stream: Stream) -> Iterator[tuple[bytes, int]]:
         line += block.count(b"\n")
     if carry.strip():
         yield carry, line
-
-
-def _cpu_count() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def _parse_block(block: bytes, name: str, line: int, label_size: int, n_cols: int | None):

@@ -52,10 +52,7 @@ def auto_workers(settings: ServeSettings) -> int:
     about three times the model's size each; one on a GPU (one CUDA context)."""
     if _backend.resolve_device(settings.device) == "gpu":
         return 1
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
+    cores = _backend.usable_cores()
     per_worker = 3 * _size_on_disk(Path(settings.model_path))
     available = _available_memory()
     fits = cores if available is None or per_worker == 0 else int(available // 2 // per_worker)
