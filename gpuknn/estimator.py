@@ -257,4 +257,5 @@ def build_index(vectors: Any, hp: Hyperparameters, preparation: Preparation, *,
     nlists = auto_nlists(host.shape[0]) if nlists == "auto" else nlists
     return IVFSearch.build(host, index_type=hp.index_type, metric=hp.index_metric,
                            nlists=nlists, pq_m=preparation.pq_m,
-                           nprobe=hp.faiss_index_nprobe, seed=hp.seed)
+                           nprobe=hp.faiss_index_nprobe, seed=hp.seed,
+                           device="cpu" if xp is np else "gpu")

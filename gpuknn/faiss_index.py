@@ -1,11 +1,13 @@
 """faiss IVFFlat and IVFPQ indexes, and faiss's file format for every index type.
 
 faiss is an optional dependency (the ``cpu`` or ``gpu`` extra); it is imported
-only by the functions here, with a clear error when it is missing.
+only by the functions here and by :mod:`gpuknn.faiss_gpu`, with a clear error when
+it is missing.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from types import ModuleType
 from typing import Any
@@ -13,7 +15,10 @@ from typing import Any
 import numpy as np
 
 from gpuknn.errors import DataError, DependencyError, ModelFileError
+from gpuknn.faiss_gpu import GPU_MAX_K, GpuIVF, faiss_has_gpu
 from gpuknn.metrics import MISSING_INDEX, faiss_metric, missing_distance
+
+log = logging.getLogger(__name__)
 
 PQ_BITS = 8
 
@@ -44,20 +49,29 @@ class IVFSearch:
     Parameters
     ----------
     index : faiss.IndexIVF
-        A CPU index holding the base vectors.
+        A CPU index holding the base vectors; the one saved in model files.
     metric : {"L2", "INNER_PRODUCT", "COSINE"}
     nprobe : int
         Lists probed per query (capped at the number of lists).
+    gpu : GpuIVF, optional
+        A GPU copy of ``index`` (:mod:`gpuknn.faiss_gpu`) that searches instead of it
+        wherever faiss's GPU search allows.
     """
 
-    def __init__(self, index: Any, metric: str, nprobe: int):
+    def __init__(self, index: Any, metric: str, nprobe: int, *, gpu: GpuIVF | None = None):
         self.index = index
         self.metric = metric
         self.nprobe = int(min(nprobe, index.nlist))
+        self.gpu = gpu
+
+    @property
+    def device(self) -> str:
+        """``"gpu"`` when searches run on faiss-gpu, else ``"cpu"``."""
+        return "cpu" if self.gpu is None else "gpu"
 
     @classmethod
     def build(cls, vectors: np.ndarray, *, index_type: str, metric: str, nlists: int,
-              pq_m: int | None, nprobe: int, seed: int) -> IVFSearch:
+              pq_m: int | None, nprobe: int, seed: int, device: str = "cpu") -> IVFSearch:
         """Train an IVF index on ``vectors`` and add them.
 
         Parameters
@@ -69,6 +83,9 @@ class IVFSearch:
             Number of inverted lists, at most ``n_base``.
         pq_m : int or None
             PQ sub-vectors (IVFPQ), dividing ``dim``.
+        device : {"cpu", "gpu"}
+            ``"gpu"`` trains, fills and searches on faiss-gpu where it is installed;
+            elsewhere (or if faiss-gpu fails) the CPU does, with a warning.
 
         Raises
         ------
@@ -76,26 +93,40 @@ class IVFSearch:
             When there are too few vectors to train the index.
         """
         faiss = require_faiss()
-        n_base, dim = vectors.shape
-        if nlists > n_base:
-            raise DataError(f"faiss_index_ivf_nlists={nlists} is larger than the number of "
-                            f"sampled rows ({n_base}); use at most {n_base} or \"auto\"")
-        mtype = faiss_metric(metric)
-        quantizer = faiss.IndexFlat(dim, mtype)
-        if index_type == "faiss.IVFPQ":
-            if n_base < 2**PQ_BITS:
-                raise DataError(f"faiss.IVFPQ needs at least {2**PQ_BITS} sampled rows to train "
-                                f"its codebooks; got {n_base}. Use faiss.IVFFlat or faiss.Flat")
-            index = faiss.IndexIVFPQ(quantizer, dim, nlists, pq_m, PQ_BITS, mtype)
-            index.pq.cp.seed = seed
-        else:
-            index = faiss.IndexIVFFlat(quantizer, dim, nlists, mtype)
-        index.cp.seed = seed
-        index.own_fields = True
-        quantizer.this.disown()
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        index = _untrained_index(faiss, vectors.shape, index_type=index_type, metric=metric,
+                                 nlists=nlists, pq_m=pq_m, seed=seed)
+        if device == "gpu" and _gpu_usable(faiss, nprobe):
+            try:
+                gpu = GpuIVF.from_cpu(faiss, index, index_type=index_type, pq_m=pq_m,
+                                      nprobe=min(nprobe, nlists))
+                gpu.train_and_add(vectors, seed)
+                return cls(gpu.to_cpu(faiss), metric, nprobe, gpu=gpu)
+            except RuntimeError as err:
+                log.warning("faiss-gpu could not build the %s index (%s); building it on "
+                            "the CPU", index_type, _first_line(err))
         index.train(vectors)
         index.add(vectors)
         return cls(index, metric, nprobe)
+
+    def to_device(self, device: str) -> IVFSearch:
+        """This index, searching on faiss-gpu if ``device`` is ``"gpu"`` and it can.
+
+        Without faiss-gpu, or if the copy fails, the CPU index keeps searching and a
+        warning says why.
+        """
+        faiss = require_faiss()
+        if device != "gpu" or self.gpu is not None or not _gpu_usable(faiss, self.nprobe):
+            return self
+        kind = index_kind(self.index)
+        pq_m = int(faiss.downcast_index(self.index).pq.M) if kind == "faiss.IVFPQ" else None
+        try:
+            self.gpu = GpuIVF.from_cpu(faiss, self.index, index_type=kind, pq_m=pq_m,
+                                       nprobe=self.nprobe)
+        except RuntimeError as err:
+            log.warning("faiss-gpu could not load the %s index (%s); it searches on the CPU",
+                        kind, _first_line(err))
+        return self
 
     @property
     def ntotal(self) -> int:
@@ -111,7 +142,7 @@ class IVFSearch:
         """The k nearest indexed vectors of each query.
 
         Queries that find fewer than k vectors in their ``nprobe`` lists are
-        searched again over every list, so that all k are found.
+        searched again over every list (on the CPU index), so that all k are found.
 
         Parameters
         ----------
@@ -127,9 +158,12 @@ class IVFSearch:
         """
         faiss = require_faiss()
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        # Per-call parameters: concurrent searches never share a mutable nprobe.
-        params = faiss.SearchParametersIVF(nprobe=self.nprobe)
-        distances, positions = self.index.search(queries, k, params=params)
+        if self.gpu is not None and self.gpu.can_search(k):
+            distances, positions = self.gpu.search(queries, k)
+        else:
+            # Per-call parameters: concurrent searches never share a mutable nprobe.
+            params = faiss.SearchParametersIVF(nprobe=self.nprobe)
+            distances, positions = self.index.search(queries, k, params=params)
         short = np.flatnonzero((positions == MISSING_INDEX).any(axis=1))
         if short.size and self.nprobe < self.index.nlist:
             everywhere = faiss.SearchParametersIVF(nprobe=self.index.nlist)
@@ -140,6 +174,47 @@ class IVFSearch:
             distances = np.sqrt(np.maximum(distances, 0))
         distances[missing] = missing_distance(self.metric)
         return distances.astype(np.float32, copy=False), positions.astype(np.int64, copy=False)
+
+
+def _untrained_index(faiss: ModuleType, shape: tuple[int, int], *, index_type: str,
+                     metric: str, nlists: int, pq_m: int | None, seed: int) -> Any:
+    """An empty CPU IVF index with gpuknn's parameters and seeds."""
+    n_base, dim = shape
+    if nlists > n_base:
+        raise DataError(f"faiss_index_ivf_nlists={nlists} is larger than the number of "
+                        f"sampled rows ({n_base}); use at most {n_base} or \"auto\"")
+    mtype = faiss_metric(metric)
+    quantizer = faiss.IndexFlat(dim, mtype)
+    if index_type == "faiss.IVFPQ":
+        if n_base < 2**PQ_BITS:
+            raise DataError(f"faiss.IVFPQ needs at least {2**PQ_BITS} sampled rows to train "
+                            f"its codebooks; got {n_base}. Use faiss.IVFFlat or faiss.Flat")
+        index = faiss.IndexIVFPQ(quantizer, dim, nlists, pq_m, PQ_BITS, mtype)
+        index.pq.cp.seed = seed
+    else:
+        index = faiss.IndexIVFFlat(quantizer, dim, nlists, mtype)
+    index.cp.seed = seed
+    index.own_fields = True
+    quantizer.this.disown()
+    return index
+
+
+def _gpu_usable(faiss: ModuleType, nprobe: int) -> bool:
+    """Whether an IVF index with ``nprobe`` may go to faiss-gpu; warns why not."""
+    if not faiss_has_gpu(faiss):
+        log.warning("this faiss has no GPU support (install the 'gpu' extra, faiss-gpu with "
+                    "CUDA 12): IVF indexes search on the CPU")
+        return False
+    if nprobe > GPU_MAX_K:
+        log.warning("faiss_index_nprobe=%d is above faiss-gpu's limit of %d: the IVF index "
+                    "searches on the CPU", nprobe, GPU_MAX_K)
+        return False
+    return True
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def flat_index_bytes(vectors: np.ndarray, metric: str) -> bytes:
@@ -161,8 +236,7 @@ def read_index(data: bytes, name: str) -> Any:
     try:
         return faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
     except RuntimeError as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else "unreadable"
-        raise ModelFileError(f"{name}: not a readable faiss index ({first_line})") from None
+        raise ModelFileError(f"{name}: not a readable faiss index ({_first_line(err)})") from None
 
 
 def map_index_file(path: str) -> Any:
@@ -175,8 +249,7 @@ def map_index_file(path: str) -> Any:
     try:
         return faiss.read_index(path, faiss.IO_FLAG_MMAP)
     except RuntimeError as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else "unreadable"
-        raise ModelFileError(f"{path}: not a readable faiss index ({first_line})") from None
+        raise ModelFileError(f"{path}: not a readable faiss index ({_first_line(err)})") from None
 
 
 def flat_vectors(index: Any) -> np.ndarray:

@@ -347,4 +347,4 @@ def _index(files: dict[str, bytes], meta: dict[str, Any], hp, device: str, origi
         # The file's checksum was verified above; map it so processes share the lists.
         del index
         index = map_index_file(str(origin / INDEX))
-    return IVFSearch(index, hp.index_metric, hp.faiss_index_nprobe)
+    return IVFSearch(index, hp.index_metric, hp.faiss_index_nprobe).to_device(device)
