@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
 from typing import Any
@@ -23,6 +24,7 @@ import numpy as np
 
 from gpuknn import partition as partition_module
 from gpuknn._backend import usable_cores
+from gpuknn.metrics import squared_norms
 from gpuknn.topk import merge_k, select_k
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,8 @@ DEFAULT_TILE_BYTES = 16 << 20
 QUERY_CHUNK = 256
 # On a GPU, large tiles keep the GEMMs and selections big enough to fill the device.
 GPU_TILE_BYTES = 1 << 30
+# Overrides the score tile's size in MiB on either device (train, serve and Python alike).
+TILE_VARIABLE = "GPUKNN_TILE_MB"
 GPU_QUERY_CHUNK = 8192
 # Queries per pass of a cluster-pruned search (bounds its candidate lists).
 PARTITION_CHUNK = 4096
@@ -50,8 +54,10 @@ class ExactSearch:
     xp : module
         ``numpy`` or ``cupy``.
     tile_bytes : int, optional
-        Upper bound on the memory of one score tile; default 16 MiB on the CPU (stays
-        in cache) and 1 GiB on a GPU.
+        Upper bound on the memory of one score tile; default ``$GPUKNN_TILE_MB`` if set,
+        else 16 MiB on the CPU (stays in cache) and 1 GiB on a GPU. Besides the tile, a
+        GPU holds the base twice (the vectors and their scaled copy): a 10M x 128 base
+        takes 10.2 GB.
     partition : {"auto", "never", "always"}
         Cluster pruning (:mod:`gpuknn.partition`, L2 on the CPU with faiss installed):
         ``"auto"`` builds it for large bases and keeps it only where it pays off on the
@@ -62,9 +68,7 @@ class ExactSearch:
                  tile_bytes: int | None = None, partition: str = "auto"):
         self.xp = xp
         self.metric = metric
-        if tile_bytes is None:
-            tile_bytes = DEFAULT_TILE_BYTES if xp is np else GPU_TILE_BYTES
-        self.tile_bytes = int(tile_bytes)
+        self.tile_bytes = int(tile_bytes) if tile_bytes is not None else default_tile_bytes(xp)
         self.vectors = xp.ascontiguousarray(vectors, dtype=xp.float32)
         # L2 is translation-invariant: centring on the mean keeps |x|^2 small, so the float32
         # surrogate |x|^2 - 2<q,x> loses less to cancellation (it picked wrong neighbours on
@@ -79,10 +83,12 @@ class ExactSearch:
                                                       always=partition == "always")
         if self._space is not None:  # the partition's layout replaces the plain one
             self._scaled, self._sq_norms = self._space.scaled, self._space.sq_norms
-        else:  # a scaled copy: one GEMM yields the ranking surrogate without an extra pass
-            scale = -2.0 if metric == "L2" else -1.0
-            self._scaled = base * xp.float32(scale)
-            self._sq_norms = (base * base).sum(axis=1) if metric == "L2" else None
+        elif metric == "L2":  # a scaled copy: one GEMM yields the surrogate, no extra pass
+            self._sq_norms = squared_norms(base, xp=xp)
+            base *= xp.float32(-2.0)  # the centred copy becomes the scaled one, in place
+            self._scaled = base
+        else:
+            self._scaled, self._sq_norms = self.vectors * xp.float32(-1.0), None
 
     @property
     def partitioned(self) -> bool:
@@ -202,6 +208,26 @@ class ExactSearch:
             else:
                 out[rows] = -(neighbours * query).sum(axis=2)
         return out
+
+
+def default_tile_bytes(xp: ModuleType) -> int:
+    """The score tile's size: ``$GPUKNN_TILE_MB`` if set, else the device's default.
+
+    Raises
+    ------
+    ValueError
+        When the variable is not a positive number of MiB.
+    """
+    value = os.environ.get(TILE_VARIABLE, "").strip()
+    if not value:
+        return DEFAULT_TILE_BYTES if xp is np else GPU_TILE_BYTES
+    try:
+        megabytes = float(value)
+    except ValueError:
+        megabytes = 0.0
+    if not megabytes > 0:
+        raise ValueError(f"${TILE_VARIABLE} must be a positive number of MiB; got {value!r}")
+    return max(int(megabytes * (1 << 20)), 4096)
 
 
 def _partition(base: np.ndarray, vectors: np.ndarray, center: np.ndarray, *, always: bool):

@@ -53,6 +53,29 @@ def normalize_rows(X: Any, *, xp: ModuleType = np) -> Any:
     return (X / norms).astype(xp.float32, copy=False)
 
 
+def squared_norms(X: Any, *, xp: ModuleType = np, block_rows: int = 1 << 16) -> Any:
+    """Squared L2 norm of each row of ``X``, a block of rows at a time.
+
+    Parameters
+    ----------
+    X : array of shape (n, d), float32
+    xp : module
+        ``numpy`` or ``cupy``, owning ``X``.
+    block_rows : int
+        Rows per pass: the temporary is one block, not a copy of ``X``.
+
+    Returns
+    -------
+    array of shape (n,), float32
+        The same values, row for row, as ``(X * X).sum(axis=1)``.
+    """
+    norms = xp.empty(X.shape[0], dtype=X.dtype)
+    for start in range(0, X.shape[0], block_rows):
+        block = X[start:start + block_rows]
+        norms[start:start + len(block)] = (block * block).sum(axis=1)
+    return norms
+
+
 def faiss_metric(metric: str) -> int:
     """The faiss metric constant used to index vectors for ``metric``."""
     import faiss  # noqa: PLC0415 - faiss is optional; imported by callers that need it

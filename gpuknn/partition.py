@@ -31,6 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gpuknn.metrics import squared_norms
+
 MIN_ROWS = 50_000
 # About sqrt(n) * CLUSTER_SCALE clusters: fewer, larger clusters mean fewer GEMM calls
 # but more vectors scanned per query.
@@ -246,10 +248,7 @@ def search_space(partition: ClusterPartition, base: np.ndarray, vectors: np.ndar
     are those of the brute-force layout, row for row.
     """
     ordered = base[partition.order]
-    sq_norms = np.empty(len(ordered), dtype=ordered.dtype)
-    for start in range(0, len(ordered), 1 << 16):
-        rows = ordered[start:start + (1 << 16)]
-        sq_norms[start:start + len(rows)] = (rows * rows).sum(axis=1)
+    sq_norms = squared_norms(ordered)
     ordered *= np.float32(-2.0)
     return SearchSpace(ordered, sq_norms, vectors, center)
 

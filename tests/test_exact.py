@@ -8,7 +8,7 @@ from _compare import assert_same_neighbours, assert_valid_knn, reference_knn
 
 from gpuknn import _backend, exact
 from gpuknn.exact import ExactSearch
-from gpuknn.metrics import normalize_rows
+from gpuknn.metrics import normalize_rows, squared_norms
 
 
 @pytest.mark.parametrize("metric", ["L2", "INNER_PRODUCT", "COSINE"])
@@ -69,3 +69,28 @@ def test_exact_agrees_with_faiss_flat(letter):
     # Rows with ties: both answers are valid k-NN answers of the same distances.
     assert_valid_knn(X, Q, positions, 10)
     assert_valid_knn(X, Q, faiss_ids[:, :10], 10)
+
+
+def test_tile_size_from_the_environment_changes_tiling_not_answers(xp, rng, monkeypatch):
+    X = rng.standard_normal((5000, 24)).astype(np.float32)
+    Q = rng.standard_normal((300, 24)).astype(np.float32)
+    want = ExactSearch(xp.asarray(X), "L2", xp=xp, partition="never").search(xp.asarray(Q), 7)
+    monkeypatch.setenv(exact.TILE_VARIABLE, "0.05")
+    small = ExactSearch(xp.asarray(X), "L2", xp=xp, partition="never")
+    assert small.tile_bytes == int(0.05 * (1 << 20))
+    assert small._block_width(len(Q)) < len(X)  # several base blocks, merged
+    for got, expected in zip(small.search(xp.asarray(Q), 7), want, strict=True):
+        np.testing.assert_array_equal(_backend.to_host(got), _backend.to_host(expected))
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "lots", "nan"])
+def test_bad_tile_size_in_the_environment_names_the_variable(monkeypatch, value):
+    monkeypatch.setenv(exact.TILE_VARIABLE, value)
+    with pytest.raises(ValueError, match=r"\$GPUKNN_TILE_MB must be a positive number"):
+        exact.default_tile_bytes(np)
+
+
+def test_blockwise_squared_norms_equal_the_whole_array_ones(xp, rng):
+    X = xp.asarray(rng.standard_normal((1000, 37)).astype(np.float32) * 100)
+    got = squared_norms(X, xp=xp, block_rows=64)
+    np.testing.assert_array_equal(_backend.to_host(got), _backend.to_host((X * X).sum(axis=1)))
