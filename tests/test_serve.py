@@ -342,13 +342,13 @@ def test_sigterm_under_load_loses_no_answered_request(models, reference, letter,
 def test_ping_is_503_until_the_model_is_loaded(models, monkeypatch):
     """In-process: the model load is held back, so the socket answers /ping with 503 first."""
     release = threading.Event()
-    real_load = app_module._load_and_warm
+    real_load = app_module._load
 
     def held_load(settings):
         release.wait(timeout=30)
         return real_load(settings)
 
-    monkeypatch.setattr(app_module, "_load_and_warm", held_load)
+    monkeypatch.setattr(app_module, "_load", held_load)
     port = free_port()
     config = uvicorn.Config(app_module.create_app(app_module.ServeSettings(
         str(models["classifier"]))), host="127.0.0.1", port=port, log_level="warning")

@@ -25,7 +25,6 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
@@ -95,7 +94,7 @@ class _State:
 
     async def load(self) -> None:
         try:
-            model = await run_in_threadpool(_load_and_warm, self.settings)
+            model = await run_in_threadpool(_load, self.settings)
         except Exception as err:
             if isinstance(err, ClientError):  # a missing or broken model: its reason suffices
                 log.error("could not load the model: %s", err)
@@ -111,10 +110,8 @@ class _State:
         log.info("ready: %r", model)
 
 
-def _load_and_warm(settings: ServeSettings) -> KNNModel:
-    model = KNNModel.load(settings.model_path, device=settings.device)
-    model.answer(np.zeros((1, model.feature_dim), dtype=np.float32))
-    return model
+def _load(settings: ServeSettings) -> KNNModel:
+    return KNNModel.load(settings.model_path, device=settings.device)
 
 
 def create_app(settings: ServeSettings,

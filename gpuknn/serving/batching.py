@@ -60,9 +60,17 @@ class MicroBatcher:
         self._executor: ThreadPoolExecutor | None = None
 
     async def start(self) -> None:
-        """Start the collector on the running event loop."""
+        """Warm the model up on the search thread, then start the collector.
+
+        The warm-up runs one row through the thread that will do every search, so
+        that its per-thread state (on a GPU, CuPy's cuBLAS handle and workspace) exists
+        before the first request.
+        """
         self._queue = asyncio.Queue()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="gpuknn-search")
+        warm_up = np.zeros((1, self.model.feature_dim), dtype=np.float32)
+        await asyncio.get_running_loop().run_in_executor(self._executor, self.model.answer,
+                                                         warm_up)
         self._collector = asyncio.create_task(self._collect(), name="gpuknn-batcher")
 
     async def stop(self) -> None:
