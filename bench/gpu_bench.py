@@ -17,6 +17,12 @@ Measured (best of ``--repeats`` after one warm-up, synchronised around every cal
   over time, against the measured bandwidth.
 * **vote / mean**: the kernels on 1,000,000 queries x k=100, against the exact search
   time of the same number of queries (scaled from the search above).
+* **train and predict**: the whole ``gpuknn train`` (a subprocess, File mode) on the
+  covtype-shaped set of ``bench/train_covtype.py`` (500,000 x 54 RecordIO, sample
+  200,000, Flat, k=10, 58,000 test rows scored), then a 10,000-row ``predict`` of the
+  model it wrote (host rows in, host labels out), on the GPU and on the CPU path
+  (``CUDA_VISIBLE_DEVICES=""`` for the job, ``device="cpu"`` for the predict) in the
+  same run. The two jobs' test accuracies are reported side by side.
 
 Results go to ``gpu_bench[-quick].json`` and ``.md`` with the card, driver and
 library versions.
@@ -26,14 +32,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import train_covtype  # bench/train_covtype.py, beside this script
 
-from gpuknn import _backend, kernels
+from gpuknn import KNNModel, _backend, kernels
 from gpuknn.exact import ExactSearch
 from gpuknn.reduction import FJLT
 
@@ -62,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     report["search"] = search(cp, timer, sizes, report["floors"])
     report["fjlt"] = fjlt(cp, timer, sizes["rows"], report["floors"])
     report["vote_mean"] = vote_mean(cp, timer, sizes["rows"], report["search"])
+    report["train_predict"] = train_and_predict(args.quick, args.repeats)
     stem = "gpu_bench-quick" if args.quick else "gpu_bench"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -158,6 +168,52 @@ def vote_mean(cp, timer: Timer, queries: int, search_result: dict[str, Any]) -> 
             "vote_share_of_search": vote_s / search_s, "mean_share_of_search": mean_s / search_s}
 
 
+def train_and_predict(quick: bool, repeats: int,
+                      devices: tuple[str, ...] = ("cpu", "gpu")) -> dict[str, Any]:
+    n_train, n_test, sample = (train_covtype.QUICK_ROWS if quick else
+                               (train_covtype.TRAIN_ROWS, train_covtype.TEST_ROWS,
+                                train_covtype.SAMPLE_SIZE))
+    result: dict[str, Any] = {"train_rows": n_train, "test_rows": n_test,
+                              "sample_size": sample}
+    with tempfile.TemporaryDirectory(prefix="gpuknn-gpu-bench-") as scratch:
+        data = train_covtype.prepare(Path(scratch), n_train, n_test, sample)
+        root, command = data["file_root"], train_covtype.gpuknn_command()
+        queries = np.ascontiguousarray(data["X"][n_train:][:10_000], dtype=np.float32)
+        for device in devices:
+            hidden = os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+            if device == "cpu":
+                os.environ["CUDA_VISIBLE_DEVICES"] = ""
+            try:
+                job = train_covtype.run_job(command, root, "File", 0,
+                                            Path(scratch) / f"{device}.log")
+            finally:
+                os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+                if hidden is not None:
+                    os.environ["CUDA_VISIBLE_DEVICES"] = hidden
+            parsed = train_covtype.parse_job(job)
+            result[f"{device}_job"] = {key: parsed.get(key) for key in (
+                "exit_code", "wall_s", "throughput_metric", "test_accuracy", "log_tail")}
+            if job.exit_code == 0:
+                result[f"{device}_predict_s"] = _best_predict(root / "model", device, queries,
+                                                              repeats)
+    if "cpu_predict_s" in result and "gpu_predict_s" in result:
+        cpu, gpu = result["cpu_job"], result["gpu_job"]
+        result["job_gpu_over_cpu"] = cpu["wall_s"] / gpu["wall_s"]
+        result["predict_gpu_over_cpu"] = result["cpu_predict_s"] / result["gpu_predict_s"]
+    return result
+
+
+def _best_predict(model_dir: Path, device: str, queries: np.ndarray, repeats: int) -> float:
+    model = KNNModel.load(model_dir, device=device)
+    model.predict(queries[:10])
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model.predict(queries)  # numpy in, numpy out: includes the copies to and from a GPU
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
 def render(report: dict[str, Any]) -> str:
     env, fl, se, fj, vm = (report[key] for key in ("environment", "floors", "search", "fjlt",
                                                    "vote_mean"))
@@ -181,8 +237,24 @@ def render(report: dict[str, Any]) -> str:
         f"{vm['search_s_same_queries'] * 1e3:.0f} ms | {vm['vote_share_of_search']:.2%} | < 5% |",
         f"| mean, the same | {vm['mean_s'] * 1e3:.2f} ms | | {vm['mean_share_of_search']:.2%} "
         "| < 5% |", "",
+        *_train_predict_rows(report["train_predict"]), "",
         f"GPU and CPU neighbour ids equal on {se['ids_equal_share']:.1%} of 200 query rows; "
         f"fjlt kernel vs numpy twin, max abs error {fj['max_abs_error_vs_twin']:.2e}.", ""])
+
+
+def _train_predict_rows(tp: dict[str, Any]) -> list[str]:
+    if "job_gpu_over_cpu" not in tp:
+        exits = ", ".join(f"{key} exit {tp[key]['exit_code']}" for key in ("cpu_job", "gpu_job")
+                          if key in tp)
+        return [f"| `gpuknn train` covtype-shaped | not compared: {exits} (see the JSON) | | | |"]
+    cpu, gpu = tp["cpu_job"], tp["gpu_job"]
+    return [
+        f"| `gpuknn train` covtype-shaped ({tp['train_rows']:,} rows, sample "
+        f"{tp['sample_size']:,}, {tp['test_rows']:,} test rows), whole job | GPU "
+        f"{gpu['wall_s']:.2f} s, accuracy {gpu['test_accuracy']} | CPU path {cpu['wall_s']:.2f} "
+        f"s, accuracy {cpu['test_accuracy']} | GPU {tp['job_gpu_over_cpu']:.2f}x | |",
+        f"| predict 10,000 rows of that model | GPU {tp['gpu_predict_s'] * 1e3:.1f} ms | CPU "
+        f"path {tp['cpu_predict_s'] * 1e3:.1f} ms | GPU {tp['predict_gpu_over_cpu']:.2f}x | |"]
 
 
 if __name__ == "__main__":

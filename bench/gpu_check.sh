@@ -33,14 +33,15 @@ fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader \
     | tee "$OUT/gpu_check-nvidia-smi.txt"
 
+# test_faiss_gpu.py's GPU tests also need faiss-gpu; with faiss-cpu they skip, saying so.
 tests=(tests/test_kernels.py tests/test_exact.py tests/test_topk.py tests/test_reduction.py
-       tests/test_predict.py)
+       tests/test_predict.py tests/test_faiss_gpu.py)
 "$PY" -c "import sklearn" 2>/dev/null && tests+=(tests/test_estimator.py)
-timeout 300 "$PY" -m pytest -q -m gpu -p no:cacheprovider -o addopts=-ra "${tests[@]}" 2>&1 \
+timeout 240 "$PY" -m pytest -q -m gpu -p no:cacheprovider -o addopts=-ra "${tests[@]}" 2>&1 \
     | tee "$OUT/gpu_check-pytest.txt"
 tests_status=${PIPESTATUS[0]}
 
-timeout 200 "$PY" bench/gpu_bench.py "$@" --out "$OUT"
+timeout 220 "$PY" bench/gpu_bench.py "$@" --out "$OUT"
 bench_status=$?
 
 echo

@@ -69,7 +69,8 @@ class ExactSearch:
         self.xp = xp
         self.metric = metric
         self.tile_bytes = int(tile_bytes) if tile_bytes is not None else default_tile_bytes(xp)
-        self.vectors = xp.ascontiguousarray(vectors, dtype=xp.float32)
+        # cupy.ascontiguousarray takes device arrays only: asarray moves host input first
+        self.vectors = xp.ascontiguousarray(xp.asarray(vectors), dtype=xp.float32)
         # L2 is translation-invariant: centring on the mean keeps |x|^2 small, so the float32
         # surrogate |x|^2 - 2<q,x> loses less to cancellation (it picked wrong neighbours on
         # covtype-like data with |x|^2 ~ 2e7 before). Inner products are not: no centring.
@@ -122,7 +123,7 @@ class ExactSearch:
             Rows of ``vectors``; ties are broken by the smaller row.
         """
         xp = self.xp
-        queries = xp.ascontiguousarray(queries, dtype=xp.float32)
+        queries = xp.ascontiguousarray(xp.asarray(queries), dtype=xp.float32)
         n_queries = queries.shape[0]
         distances = xp.empty((n_queries, k), dtype=xp.float32)
         positions = xp.empty((n_queries, k), dtype=xp.int64)

@@ -20,6 +20,7 @@ This module never imports CuPy: callers pass the array module (``xp``) they got 
 from __future__ import annotations
 
 import functools
+import site
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -38,12 +39,15 @@ MAX_FJLT_DIM = 8192
 # select_k.cu: GPUKNN_MAX_K and GPUKNN_THREADS.
 MAX_SELECT_K = 2048
 SELECT_THREADS = 256
+# What CuPy's RawModule passes to NVRTC besides the architecture (the tests compile alike).
+NVRTC_OPTIONS = ("--std=c++14",)
 
 
 def source_dirs() -> list[Path]:
     """Where ``*.cu`` files are looked for, in order."""
     return [Path(__file__).resolve().parent.parent / "kernels",
-            Path(sys.prefix) / "share" / "gpuknn" / "kernels"]
+            Path(sys.prefix) / "share" / "gpuknn" / "kernels",
+            Path(site.getuserbase()) / "share" / "gpuknn" / "kernels"]  # pip install --user
 
 
 def source(name: str) -> str:
@@ -64,7 +68,7 @@ def source(name: str) -> str:
 @functools.cache
 def _function(xp: ModuleType, name: str, device: int) -> Any:
     """``gpuknn_<name>`` compiled for ``device`` (NVRTC; CuPy also caches it on disk)."""
-    module = xp.RawModule(code=source(name), options=("--std=c++14",))
+    module = xp.RawModule(code=source(name), options=NVRTC_OPTIONS)
     return module.get_function(f"gpuknn_{name}")
 
 

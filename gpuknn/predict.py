@@ -35,6 +35,8 @@ def vote_counts(neighbour_classes: Any, n_classes: int, *, xp: ModuleType = np) 
     valid = neighbour_classes >= 0
     rows = xp.broadcast_to(xp.arange(n_queries, dtype=xp.int64)[:, None], neighbour_classes.shape)
     flat = rows[valid] * n_classes + neighbour_classes[valid]
+    if flat.size == 0:  # cupy.bincount takes the max of its input, which fails when empty
+        return xp.zeros((n_queries, n_classes), dtype=xp.int64)
     counts = xp.bincount(flat, minlength=n_queries * n_classes)
     return counts.reshape(n_queries, n_classes)
 

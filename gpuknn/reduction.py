@@ -107,6 +107,7 @@ class FJLT:
         self.padded_dim = int(self.flips.shape[0])
         self.target_dim = int(self.keep.shape[0])
         self._dense: np.ndarray | None = None
+        self._on_device: dict[int, tuple[Any, Any]] = {}
 
     @classmethod
     def fit(cls, input_dim: int, target_dim: int, seed: int) -> FJLT:
@@ -155,8 +156,7 @@ class FJLT:
         array of shape (n_rows, target_dim), float32
         """
         X = xp.asarray(X, dtype=xp.float32)
-        flips = xp.asarray(self.flips, dtype=xp.float32)
-        keep = xp.asarray(self.keep)
+        flips, keep = self._arrays(xp)
         scale = xp.float32(1.0 / np.sqrt(self.target_dim))
         if xp is not np and self.padded_dim <= kernels.MAX_FJLT_DIM:
             return kernels.fjlt(X, flips, keep, float(scale), xp=xp)
@@ -168,6 +168,14 @@ class FJLT:
             padded *= flips
             out[rows] = walsh_hadamard(padded, xp=xp)[:, keep] * scale
         return out
+
+    def _arrays(self, xp: ModuleType) -> tuple[Any, Any]:
+        """(flips as float32, keep) in the memory of ``xp``, copied there once."""
+        key = id(xp)
+        if key not in self._on_device:
+            self._on_device[key] = (xp.asarray(self.flips, dtype=xp.float32),
+                                    xp.asarray(self.keep))
+        return self._on_device[key]
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """The arrays that define this transform, for the model file."""

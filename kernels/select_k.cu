@@ -17,11 +17,19 @@
 
 __device__ __forceinline__ unsigned int score_key(float score)
 {
+    if (score != score) {
+        return 0xffffffffu;  // NaN after +inf, as numpy sorts it, whatever its sign bit
+    }
     unsigned int bits = __float_as_uint(score);
     if (bits == 0x80000000u) {
         bits = 0u;  // -0.0 ties with +0.0, as numpy compares them
     }
     return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
+}
+
+__device__ __forceinline__ int smaller(int a, int b)
+{
+    return a < b ? a : b;
 }
 
 __device__ __forceinline__ float key_score(unsigned int key)
@@ -97,8 +105,8 @@ extern "C" __global__ void gpuknn_select_k(const float* __restrict__ scores,  //
     }
     // 2b. The first `wanted` scores equal to the k-th, in column order.
     const int run = (n_cols + blockDim.x - 1) / blockDim.x;
-    const int begin = min(tid * run, n_cols);
-    const int end = min(begin + run, n_cols);
+    const int begin = smaller(tid * run, n_cols);
+    const int end = smaller(begin + run, n_cols);
     int equal = 0;
     for (int c = begin; c < end; ++c) {
         equal += score_key(row[c]) == kth;
@@ -115,7 +123,7 @@ extern "C" __global__ void gpuknn_select_k(const float* __restrict__ scores,  //
     }
     __syncthreads();
     const int first_slot = k - wanted;  // slots [0, k - wanted) hold the scores below
-    int take = min(max(wanted - before[tid], 0), equal);
+    int take = smaller(wanted > before[tid] ? wanted - before[tid] : 0, equal);
     int slot = first_slot + before[tid];
     for (int c = begin; c < end && take > 0; ++c) {
         if (score_key(row[c]) == kth) {

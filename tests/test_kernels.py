@@ -1,14 +1,19 @@
-"""The CUDA kernels of ``kernels/*.cu``: compiled by nvcc here, compared with their numpy
-twins on a GPU.
+"""The CUDA kernels of ``kernels/*.cu``: compiled here, compared with their numpy twins
+on a GPU.
 
-The compile check runs wherever ``nvcc`` exists (the CPU CI machines have it), so a
-syntax error never waits for a GPU. The comparisons are marked ``gpu`` and use awkward
-sizes: not multiples of the block size, dimensions that are not powers of two, k from
-1 to 2048, missing neighbours and tied votes.
+Two compile checks run without a GPU, so a syntax error never waits for one: ``nvcc``
+to PTX wherever it exists (the CPU CI machines have CUDA 13), and NVRTC, the compiler
+CuPy uses at run time, to machine code for every documented card from sm_70 (ml.p3)
+to sm_90, with gpuknn's own options. NVRTC comes from the ``nvidia-cuda-nvrtc-cu12``
+wheel of the ``test`` extra: CUDA 12, so it still targets Volta. The comparisons are
+marked ``gpu`` and use awkward sizes: not multiples of the block size, dimensions that
+are not powers of two, k from 1 to 2048, missing neighbours and tied votes.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import re
 import shutil
@@ -50,11 +55,68 @@ def test_kernels_compile_to_ptx(path, arch, tmp_path):
         # CUDA 13 dropped Volta; the kernels use nothing newer than sm_70 offers, and
         # CUDA 12 toolkits (the faiss-gpu and cupy-cuda12x world of ml.p3) compile them.
         pytest.skip(f"this nvcc cannot target compute_{arch}")
-    result = subprocess.run([NVCC, "--ptx", f"-arch=compute_{arch}", "-o",
+    result = subprocess.run([NVCC, "--ptx", "-std=c++14", f"-arch=compute_{arch}", "-o",
                              str(tmp_path / f"{path.stem}.ptx"), str(path)],
                             capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert "gpuknn_" + path.stem in (tmp_path / f"{path.stem}.ptx").read_text()
+
+
+def find_nvrtc() -> ctypes.CDLL | None:
+    """libnvrtc from the ``nvidia-cuda-nvrtc-cu12`` wheel, else the system's, else None."""
+    candidates = []
+    try:
+        import nvidia.cuda_nvrtc  # optional: the test extra's wheel
+
+        candidates += sorted(Path(next(iter(nvidia.cuda_nvrtc.__path__))).glob(
+            "lib/libnvrtc.so.*"))
+    except ImportError:
+        pass
+    found = ctypes.util.find_library("nvrtc")
+    candidates += [found] if found else []
+    for candidate in candidates:
+        try:
+            return ctypes.CDLL(str(candidate))
+        except OSError:
+            continue
+    return None
+
+
+NVRTC = find_nvrtc()
+
+
+def nvrtc_compile(source: str, name: str, options: list[str]) -> tuple[int, str, int]:
+    """(NVRTC status, its log, bytes of machine code) for one compile of ``source``."""
+    program = ctypes.c_void_p()
+    assert NVRTC.nvrtcCreateProgram(ctypes.byref(program), source.encode(), name.encode(),
+                                    0, None, None) == 0
+    try:
+        encoded = [option.encode() for option in options]
+        status = NVRTC.nvrtcCompileProgram(program, len(encoded),
+                                           (ctypes.c_char_p * len(encoded))(*encoded))
+        size = ctypes.c_size_t()
+        NVRTC.nvrtcGetProgramLogSize(program, ctypes.byref(size))
+        log = ctypes.create_string_buffer(size.value)
+        NVRTC.nvrtcGetProgramLog(program, log)
+        cubin = ctypes.c_size_t(0)
+        if status == 0:
+            NVRTC.nvrtcGetCUBINSize(program, ctypes.byref(cubin))
+        return status, log.value.decode(errors="replace"), cubin.value
+    finally:
+        NVRTC.nvrtcDestroyProgram(ctypes.byref(program))
+
+
+@pytest.mark.skipif(NVRTC is None, reason="NVRTC is not installed (nvidia-cuda-nvrtc-cu12)")
+@pytest.mark.parametrize("arch", ["70", "75", "80", "86", "90"])
+@pytest.mark.parametrize("path", KERNELS, ids=lambda path: path.name)
+def test_kernels_compile_with_nvrtc_for_every_documented_card(path, arch):
+    # V100 (ml.p3), T4 (g4dn), A100 (p4d), A10G (g5), H100/H200 (p5): machine code, as
+    # CuPy asks NVRTC for it, with the options gpuknn.kernels gives RawModule.
+    options = [*kernels.NVRTC_OPTIONS, f"-arch=sm_{arch}"]
+    status, log, cubin_bytes = nvrtc_compile(path.read_text(), path.name, options)
+    assert status == 0, log
+    assert "error" not in log.lower(), log
+    assert cubin_bytes > 0
 
 
 # -- on a GPU: every kernel against its numpy twin ---------------------------------------------
