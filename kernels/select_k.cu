@@ -5,7 +5,7 @@
 // One block per row, in three steps over the row:
 // 1. radix select: four passes of 8 bits over an order-preserving integer key of every
 //    score find the k-th smallest key K, and how many of the scores equal to K belong
-//    to the top k;
+//    to the top k (histograms in shared memory, warp-aggregated: needs sm_70);
 // 2. collect: every score below K, then the wanted number of scores equal to K, taken in
 //    column order (each thread owns a contiguous run of columns, and a prefix sum over
 //    the threads tells each how many equal scores come before its run);
@@ -56,6 +56,7 @@ extern "C" __global__ void gpuknn_select_k(const float* __restrict__ scores,  //
     }
     const float* row = scores + row_index * n_cols;
     const int tid = threadIdx.x;
+    const int lane = tid & 31;
     if (tid == 0) {
         prefix = 0u;
         mask = 0u;
@@ -71,10 +72,17 @@ extern "C" __global__ void gpuknn_select_k(const float* __restrict__ scores,  //
         }
         __syncthreads();
         const unsigned int p = prefix, m = mask;
-        for (int c = tid; c < n_cols; c += blockDim.x) {
-            const unsigned int key = score_key(row[c]);
-            if ((key & m) == p) {
-                atomicAdd(&histogram[(key >> shift) & 0xffu], 1);
+        // Scores of similar size share their top byte, so one bin can take most of a row:
+        // the lanes of a warp that hit the same bin add to it once, through their leader.
+        // `start` is the same for the whole warp, so every lane runs every iteration.
+        for (int start = tid - lane; start < n_cols; start += blockDim.x) {
+            const int c = start + lane;
+            const unsigned int key = c < n_cols ? score_key(row[c]) : 0u;
+            const bool counted = c < n_cols && (key & m) == p;
+            const unsigned int bin = counted ? (key >> shift) & 0xffu : 256u;
+            const unsigned int peers = __match_any_sync(0xffffffffu, bin);
+            if (counted && lane == __ffs(peers) - 1) {
+                atomicAdd(&histogram[bin], __popc(peers));
             }
         }
         __syncthreads();
