@@ -44,6 +44,8 @@ import train_covtype  # bench/train_covtype.py, beside this script
 
 from gpuknn import KNNModel, _backend, kernels
 from gpuknn.exact import ExactSearch
+from gpuknn.faiss_gpu import faiss_has_gpu
+from gpuknn.faiss_index import require_faiss
 from gpuknn.reduction import FJLT
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
@@ -138,7 +140,23 @@ def search(cp, timer: Timer, sizes: dict[str, int], floor: dict[str, float]) -> 
     return {"queries": sizes["queries"], "gpu_s": gpu_s, "gemm_floor_s": floor_s,
             "x_floor": gpu_s / floor_s,
             "cpu_s_scaled": cpu_s, "gpu_over_cpu": cpu_s / gpu_s,
-            "ids_equal_share": float((gpu_ids.get() == cpu_ids).all(axis=1).mean())}
+            "ids_equal_share": float((gpu_ids.get() == cpu_ids).all(axis=1).mean()),
+            "faiss_gpu_flat_s": faiss_gpu_flat(base, queries, timer)}
+
+
+def faiss_gpu_flat(base: np.ndarray, queries: np.ndarray, timer: Timer) -> float | None:
+    """faiss-gpu's ``GpuIndexFlatL2`` on the same search, where faiss has GPU support.
+
+    The issue lets ``faiss.Flat`` use faiss-gpu or the CuPy search, whichever is faster;
+    gpuknn uses the CuPy search everywhere until this says otherwise.
+    """
+    faiss = require_faiss()
+    if not faiss_has_gpu(faiss):
+        return None
+    resources = faiss.StandardGpuResources()
+    index = faiss.GpuIndexFlatL2(resources, base.shape[1])
+    index.add(base)
+    return timer.best(lambda: index.search(queries, 10))
 
 
 def fjlt(cp, timer: Timer, rows: int, floor: dict[str, float]) -> dict[str, Any]:
@@ -236,10 +254,18 @@ def render(report: dict[str, Any]) -> str:
         f"| vote, {sizes['rows']:,} queries x k=100 | {vm['vote_s'] * 1e3:.2f} ms | search "
         f"{vm['search_s_same_queries'] * 1e3:.0f} ms | {vm['vote_share_of_search']:.2%} | < 5% |",
         f"| mean, the same | {vm['mean_s'] * 1e3:.2f} ms | | {vm['mean_share_of_search']:.2%} "
-        "| < 5% |", "",
+        "| < 5% |",
         *_train_predict_rows(report["train_predict"]), "",
+        _faiss_gpu_row(se),
         f"GPU and CPU neighbour ids equal on {se['ids_equal_share']:.1%} of 200 query rows; "
         f"fjlt kernel vs numpy twin, max abs error {fj['max_abs_error_vs_twin']:.2e}.", ""])
+
+
+def _faiss_gpu_row(se: dict[str, Any]) -> str:
+    if se.get("faiss_gpu_flat_s") is None:
+        return "faiss-gpu is not installed here: no GpuIndexFlatL2 comparison."
+    return (f"faiss-gpu GpuIndexFlatL2 on the same search: {se['faiss_gpu_flat_s'] * 1e3:.1f} ms "
+            f"(gpuknn's CuPy search is {se['faiss_gpu_flat_s'] / se['gpu_s']:.2f}x its speed).")
 
 
 def _train_predict_rows(tp: dict[str, Any]) -> list[str]:

@@ -227,3 +227,34 @@ def test_gpu_check_script_runs_through_without_a_gpu(tmp_path):
     assert "pytest exit 0, gpu_bench exit 2" in result.stdout
     assert "no CUDA GPU with CuPy here" in result.stderr
     assert "skipped" in (tmp_path / "gpu_check-pytest.txt").read_text()
+
+
+def test_gpu_bench_renders_one_table_with_every_target(monkeypatch):
+    """The report a GPU session commits: one unbroken Markdown table, a row per target."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "bench"))
+    import gpu_bench  # bench/gpu_bench.py, importable only with bench/ on the path
+
+    job = {"exit_code": 0, "wall_s": 4.0, "test_accuracy": 0.9}
+    report = {
+        "environment": {"gpu": "card", "compute_capability": "9.0", "memory_gib": 139.8,
+                        "driver": 13000, "runtime": 13000, "cupy": "14", "date_utc": "now"},
+        "sizes": {"base": 1_000_000, "queries": 10_000, "dim": 128, "rows": 1_000_000},
+        "floors": {"fp32_gemm_tflops": 50.0, "bandwidth_gb_s": 4000.0},
+        "search": {"gpu_s": 0.08, "gemm_floor_s": 0.05, "x_floor": 1.6, "cpu_s_scaled": 20.0,
+                   "gpu_over_cpu": 250.0, "ids_equal_share": 1.0, "faiss_gpu_flat_s": None},
+        "fjlt": {"seconds": 0.002, "gb_s": 3000.0, "bandwidth_share": 0.75,
+                 "max_abs_error_vs_twin": 1e-6},
+        "vote_mean": {"vote_s": 1e-3, "mean_s": 1e-3, "search_s_same_queries": 8.0,
+                      "vote_share_of_search": 1e-4, "mean_share_of_search": 1e-4},
+        "train_predict": {"cpu_job": job, "gpu_job": dict(job, wall_s=2.0), "train_rows": 500_000,
+                          "test_rows": 58_000, "sample_size": 200_000, "job_gpu_over_cpu": 2.0,
+                          "cpu_predict_s": 0.5, "gpu_predict_s": 0.05,
+                          "predict_gpu_over_cpu": 10.0},
+    }
+    lines = gpu_bench.render(report).splitlines()
+    table = [i for i, line in enumerate(lines) if line.startswith("|")]
+    assert table == list(range(table[0], table[0] + len(table))), "the table is cut"
+    text = "\n".join(lines[i] for i in table)
+    for row in ("exact search", "CPU path", "fjlt", "vote", "mean", "gpuknn train", "predict"):
+        assert row in text, row
+    assert "1.60x floor" in text and "75% of bandwidth" in text and "GPU 2.00x" in text
