@@ -8,6 +8,7 @@ Python API (:meth:`KNNModel.answer`) on the same saved model.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -337,6 +338,24 @@ def test_sigterm_under_load_loses_no_answered_request(models, reference, letter,
     assert code == 0, server.output()
     assert wrong == []
     assert len(answered) > 50
+
+
+def test_a_failed_warm_up_is_a_load_failure(models, monkeypatch):
+    """In-process: loading includes the warm-up search, so its failure stops the server."""
+    def out_of_memory(self, X):
+        raise MemoryError("out of device memory")
+
+    monkeypatch.setattr(KNNModel, "answer", out_of_memory)
+    reasons = []
+    app = app_module.create_app(app_module.ServeSettings(
+        str(models["classifier"]), load_in_background=False), on_load_failure=reasons.append)
+
+    async def start_and_stop():
+        async with app.router.lifespan_context(app):
+            pass
+
+    asyncio.run(start_and_stop())
+    assert len(reasons) == 1 and "out of device memory" in reasons[0]
 
 
 def test_ping_is_503_until_the_model_is_loaded(models, monkeypatch):

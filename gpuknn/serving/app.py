@@ -95,6 +95,9 @@ class _State:
     async def load(self) -> None:
         try:
             model = await run_in_threadpool(_load, self.settings)
+            batcher = MicroBatcher(model, max_batch_rows=self.settings.max_batch_rows,
+                                   max_wait_ms=self.settings.max_wait_ms)
+            await batcher.start()  # warms the model up: a failure there is a load failure
         except Exception as err:
             if isinstance(err, ClientError):  # a missing or broken model: its reason suffices
                 log.error("could not load the model: %s", err)
@@ -103,9 +106,6 @@ class _State:
             if self.on_load_failure is not None:
                 self.on_load_failure(f"could not load the model: {err}")
             return
-        batcher = MicroBatcher(model, max_batch_rows=self.settings.max_batch_rows,
-                               max_wait_ms=self.settings.max_wait_ms)
-        await batcher.start()
         self.model, self.batcher = model, batcher
         log.info("ready: %r", model)
 

@@ -69,8 +69,12 @@ class MicroBatcher:
         self._queue = asyncio.Queue()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="gpuknn-search")
         warm_up = np.zeros((1, self.model.feature_dim), dtype=np.float32)
-        await asyncio.get_running_loop().run_in_executor(self._executor, self.model.answer,
-                                                         warm_up)
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self.model.answer,
+                                                             warm_up)
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            raise
         self._collector = asyncio.create_task(self._collect(), name="gpuknn-batcher")
 
     async def stop(self) -> None:
