@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import os
 import re
 import shutil
 import subprocess
@@ -27,7 +28,8 @@ import numpy as np
 
 HEADER = Path(__file__).resolve().parent / "cuda_emulator.h"
 COMPILER = shutil.which("g++")
-_BUILD = Path(tempfile.gettempdir()) / "gpuknn-cuda-emulator"
+# "thread": build the kernels with ThreadSanitizer (the process needs libtsan preloaded).
+SANITIZE_VARIABLE = "GPUKNN_EMULATOR_SANITIZE"
 
 # C parameter types of the kernels, and what a launch must pass for each.
 POINTER_DTYPES = {"float": np.float32, "double": np.float64, "int": np.int32,
@@ -123,17 +125,20 @@ def _compile(code: str, kernels: dict[str, list[Parameter]]) -> Path:
         source += (f'\nextern "C" void emulate_{name}(unsigned int grid, unsigned int block, '
                    f"std::size_t shared, void** args)\n{{\n    emu::launch(grid, block, shared, "
                    f"[=] {{ {name}({arguments}); }});\n}}\n")
-    digest = hashlib.sha256((source + HEADER.read_text()).encode()).hexdigest()[:16]
-    library = _BUILD / f"kernel-{digest}.so"
+    sanitize = os.environ.get(SANITIZE_VARIABLE, "")
+    flags = [f"-fsanitize={sanitize}"] if sanitize else []
+    digest = hashlib.sha256((source + HEADER.read_text() + sanitize).encode()).hexdigest()[:16]
+    build = Path(tempfile.gettempdir()) / "gpuknn-cuda-emulator"
+    library = build / f"kernel-{digest}.so"
     if not library.exists():
-        _BUILD.mkdir(parents=True, exist_ok=True)
-        cpp = _BUILD / f"kernel-{digest}.cpp"
+        build.mkdir(parents=True, exist_ok=True)
+        cpp = build / f"kernel-{digest}.cpp"
         cpp.write_text(source)
         partial = library.with_suffix(".partial.so")
         # -Wno-sign-compare: `int < blockDim.x` is the usual CUDA idiom (unsigned on both).
         command = [COMPILER, "-std=c++20", "-O1", "-g", "-fPIC", "-shared", "-pthread", "-Wall",
-                   "-Werror", "-Wno-sign-compare", "-include", str(HEADER), "-o", str(partial),
-                   str(cpp)]
+                   "-Werror", "-Wno-sign-compare", *flags, "-include", str(HEADER), "-o",
+                   str(partial), str(cpp)]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise RuntimeError(f"g++ could not build the emulated kernel {cpp}:\n"

@@ -15,9 +15,14 @@ missing neighbours, dimensions that are not powers of two.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
-from _cuda_emulator import COMPILER, EMULATED, EmulatedRawModule
+from _cuda_emulator import COMPILER, EMULATED, SANITIZE_VARIABLE, EmulatedRawModule
 
 from gpuknn import kernels, predict
 from gpuknn.exact import ExactSearch
@@ -128,3 +133,43 @@ def test_the_emulator_catches_a_broken_selection(rng):
     launch((5,), (kernels.SELECT_THREADS,),
            (scores, np.int32(5), np.int32(100), np.int32(100), values, columns))
     assert not np.array_equal(columns, select_k(scores, 100, xp=np)[1])
+
+
+RACE_CHECK = """
+import numpy as np
+from _cuda_emulator import EMULATED as xp
+from gpuknn import kernels
+from gpuknn.reduction import FJLT
+rng = np.random.default_rng(0)
+kernels.select_k(rng.integers(-3, 4, (3, 700)).astype(np.float32), 50, xp=xp)
+kernels.select_k(rng.standard_normal((2, 3000)).astype(np.float32), 2048, xp=xp)
+kernels.vote(rng.integers(-1, 5, (40, 9)), 5, xp=xp)
+kernels.mean(rng.standard_normal((40, 9)).astype(np.float32), rng.random((40, 9)) < 0.8, xp=xp)
+FJLT.fit(100, 16, seed=1).transform(rng.standard_normal((4, 100)).astype(np.float32), xp=xp)
+print("ran every kernel")
+"""
+
+
+def _libtsan() -> str | None:
+    if COMPILER is None:
+        return None
+    found = subprocess.run([COMPILER, "-print-file-name=libtsan.so"], capture_output=True,
+                           text=True, check=False).stdout.strip()
+    return found if os.path.isabs(found) and os.path.exists(found) else None
+
+
+@pytest.mark.skipif(_libtsan() is None, reason="g++ has no ThreadSanitizer runtime")
+def test_no_kernel_has_a_data_race_under_thread_sanitizer():
+    # A missing __syncthreads between writing and reading shared memory is a race between
+    # the emulator's threads; ThreadSanitizer reports it (checked by removing one by hand).
+    tests = Path(__file__).resolve().parent
+    env = {**os.environ, "LD_PRELOAD": _libtsan(), SANITIZE_VARIABLE: "thread",
+           "TSAN_OPTIONS": "halt_on_error=0 report_signal_unsafe=0",
+           "PYTHONPATH": os.pathsep.join([str(tests), str(tests.parent)])}
+    try:  # about 40 s with the sanitized builds; a racy kernel can also corrupt and hang
+        result = subprocess.run([sys.executable, "-c", RACE_CHECK], capture_output=True,
+                                text=True, env=env, timeout=300, check=False)
+    except subprocess.TimeoutExpired as err:
+        pytest.fail(f"the kernels hung under ThreadSanitizer: {(err.stderr or b'')[-3000:]!r}")
+    assert "ran every kernel" in result.stdout, result.stderr[-3000:]
+    assert "ThreadSanitizer" not in result.stderr, result.stderr[-6000:]
