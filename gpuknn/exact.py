@@ -173,9 +173,9 @@ class ExactSearch:
             if buffer is None or buffer.shape != shape:
                 buffer = xp.empty(shape, dtype=xp.float32)
             scores = xp.matmul(queries, self._scaled[begin:end].T, out=buffer)
-            if self._sq_norms is not None:
-                scores += self._sq_norms[begin:end]
-            tile_values, tile_columns = select_k(scores, min(k, end - begin), xp=xp)
+            norms = None if self._sq_norms is None else self._sq_norms[begin:end]
+            tile_values, tile_columns = select_k(scores, min(k, end - begin), xp=xp,
+                                                 column_offsets=norms)
             values.append(tile_values)
             columns.append(tile_columns + begin)
         if len(values) == 1:

@@ -164,7 +164,8 @@ def fjlt(X: Any, flips: Any, keep: Any, scale: float, *, xp: ModuleType) -> Any:
     return out
 
 
-def select_k(scores: Any, k: int, *, xp: ModuleType) -> tuple[Any, Any]:
+def select_k(scores: Any, k: int, *, xp: ModuleType,
+             column_offsets: Any = None) -> tuple[Any, Any]:
     """The k smallest scores of every row, smallest first, ties to the smaller column.
 
     Parameters
@@ -173,6 +174,8 @@ def select_k(scores: Any, k: int, *, xp: ModuleType) -> tuple[Any, Any]:
         No NaN.
     k : int
         ``1 <= k <= min(n_cols, MAX_SELECT_K)``.
+    column_offsets : cupy array of shape (n_cols,), float32, optional
+        Added to every row as it is read (the same float32 sums as adding first).
 
     Returns
     -------
@@ -184,10 +187,15 @@ def select_k(scores: Any, k: int, *, xp: ModuleType) -> tuple[Any, Any]:
     if not 1 <= k <= min(n_cols, MAX_SELECT_K):
         raise ValueError(f"the select_k kernel takes 1 <= k <= min(n_cols, {MAX_SELECT_K}); "
                          f"got k={k} for {n_cols} columns")
+    has_offsets = column_offsets is not None
+    offsets = (xp.ascontiguousarray(column_offsets, dtype=xp.float32) if has_offsets
+               else scores)  # not read: the kernel is told there are none
+    if offsets.shape[-1] != n_cols:
+        raise ValueError(f"column_offsets has {offsets.shape[-1]} entries for {n_cols} columns")
     values = xp.empty((n_rows, k), dtype=xp.float32)
     columns = xp.empty((n_rows, k), dtype=xp.int64)
     if n_rows:
         _kernel(xp, "select_k")((n_rows,), (SELECT_THREADS,),
-                                (scores, np.int32(n_rows), np.int32(n_cols), np.int32(k),
-                                 values, columns))
+                                (scores, offsets, np.int32(has_offsets), np.int32(n_rows),
+                                 np.int32(n_cols), np.int32(k), values, columns))
     return values, columns

@@ -31,7 +31,8 @@ from gpuknn import kernels
 DIRECT_SORT_MAX_WIDTH = 2048
 
 
-def select_k(scores: Any, k: int, *, xp: ModuleType = np) -> tuple[Any, Any]:
+def select_k(scores: Any, k: int, *, xp: ModuleType = np,
+             column_offsets: Any = None) -> tuple[Any, Any]:
     """The k smallest entries of every row, smallest first, ties to the smaller column.
 
     Parameters
@@ -42,6 +43,10 @@ def select_k(scores: Any, k: int, *, xp: ModuleType = np) -> tuple[Any, Any]:
         How many entries to keep per row, ``1 <= k <= n_cols``.
     xp : module
         ``numpy`` or ``cupy``, the module owning ``scores``.
+    column_offsets : array of shape (n_cols,), optional
+        Added to every row before selecting (exact search's ``|x|^2``). The GPU kernel
+        adds them as it reads, saving a pass over the tile; elsewhere they are added to
+        ``scores`` in place, so ``scores`` then holds the sums.
 
     Returns
     -------
@@ -54,7 +59,9 @@ def select_k(scores: Any, k: int, *, xp: ModuleType = np) -> tuple[Any, Any]:
     if not 1 <= k <= n_cols:
         raise ValueError(f"k must be in [1, {n_cols}]; got {k}")
     if xp is not np and scores.dtype == xp.float32 and k <= kernels.MAX_SELECT_K:
-        return kernels.select_k(scores, k, xp=xp)
+        return kernels.select_k(scores, k, xp=xp, column_offsets=column_offsets)
+    if column_offsets is not None:
+        scores += column_offsets
     group_size = _group_size(n_cols, k)
     if group_size < 2:
         return _stable_smallest(scores, xp.arange(n_cols, dtype=xp.int64), k, xp=xp)

@@ -1,6 +1,8 @@
 // The k smallest scores of every row, smallest first, ties to the smaller column.
 //
-// numpy twin: gpuknn.topk.select_k (float32 scores, no NaN).
+// numpy twin: gpuknn.topk.select_k (float32 scores, no NaN). Optional column offsets
+// (exact search's |x|^2) are added to every row as it is read: the same float32 sums as
+// adding them to the tile first, without that extra pass over the tile.
 //
 // One block per row, in three steps over the row:
 // 1. radix select: four passes of 8 bits over an order-preserving integer key of every
@@ -39,7 +41,8 @@ __device__ __forceinline__ float key_score(unsigned int key)
 }
 
 extern "C" __global__ void gpuknn_select_k(const float* __restrict__ scores,  // (n_rows, n_cols)
-                                           int n_rows, int n_cols, int k,
+                                           const float* __restrict__ column_offsets,  // (n_cols,)
+                                           int has_offsets, int n_rows, int n_cols, int k,
                                            float* __restrict__ values,         // (n_rows, k)
                                            long long* __restrict__ columns)    // (n_rows, k)
 {
@@ -55,6 +58,10 @@ extern "C" __global__ void gpuknn_select_k(const float* __restrict__ scores,  //
         return;
     }
     const float* row = scores + row_index * n_cols;
+    // The score of column c: the tile's, plus its column offset when there are offsets.
+    auto key_at = [&](int c) {
+        return score_key(has_offsets ? row[c] + column_offsets[c] : row[c]);
+    };
     const int tid = threadIdx.x;
     const int lane = tid & 31;
     if (tid == 0) {
@@ -77,7 +84,7 @@ extern "C" __global__ void gpuknn_select_k(const float* __restrict__ scores,  //
         // `start` is the same for the whole warp, so every lane runs every iteration.
         for (int start = tid - lane; start < n_cols; start += blockDim.x) {
             const int c = start + lane;
-            const unsigned int key = c < n_cols ? score_key(row[c]) : 0u;
+            const unsigned int key = c < n_cols ? key_at(c) : 0u;
             const bool counted = c < n_cols && (key & m) == p;
             const unsigned int bin = counted ? (key >> shift) & 0xffu : 256u;
             const unsigned int peers = __match_any_sync(0xffffffffu, bin);
@@ -104,7 +111,7 @@ extern "C" __global__ void gpuknn_select_k(const float* __restrict__ scores,  //
 
     // 2a. Every score below the k-th, in any order (the sort orders them).
     for (int c = tid; c < n_cols; c += blockDim.x) {
-        const unsigned int key = score_key(row[c]);
+        const unsigned int key = key_at(c);
         if (key < kth) {
             const int slot = atomicAdd(&filled, 1);
             keys[slot] = key;
@@ -117,7 +124,7 @@ extern "C" __global__ void gpuknn_select_k(const float* __restrict__ scores,  //
     const int end = smaller(begin + run, n_cols);
     int equal = 0;
     for (int c = begin; c < end; ++c) {
-        equal += score_key(row[c]) == kth;
+        equal += key_at(c) == kth;
     }
     before[tid] = equal;
     __syncthreads();
@@ -134,7 +141,7 @@ extern "C" __global__ void gpuknn_select_k(const float* __restrict__ scores,  //
     int take = smaller(wanted > before[tid] ? wanted - before[tid] : 0, equal);
     int slot = first_slot + before[tid];
     for (int c = begin; c < end && take > 0; ++c) {
-        if (score_key(row[c]) == kth) {
+        if (key_at(c) == kth) {
             keys[slot] = kth;
             picked[slot] = c;
             ++slot;

@@ -164,6 +164,18 @@ def test_select_k_matches_its_twin(cupy, rng, n_rows, n_cols, k, kind):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize(("n_rows", "n_cols", "k"), [(100, 3001, 10), (33, 70_000, 2048)])
+def test_select_k_adds_column_offsets_as_its_twin_does(cupy, rng, n_rows, n_cols, k):
+    scores = rng.standard_normal((n_rows, n_cols)).astype(np.float32) * 1e3
+    offsets = np.round(rng.standard_normal(n_cols) * 1e3).astype(np.float32)
+    values, columns = kernels.select_k(cupy.asarray(scores), k, xp=cupy,
+                                       column_offsets=cupy.asarray(offsets))
+    want_values, want_columns = select_k(scores, k, xp=np, column_offsets=offsets)
+    np.testing.assert_array_equal(values.get(), want_values)
+    np.testing.assert_array_equal(columns.get(), want_columns)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize(("n_queries", "k"), [(1, 1), (999, 10), (4097, 33), (100, 2048)])
 def test_mean_matches_its_twin(cupy, rng, n_queries, k):
     labels = (rng.standard_normal((n_queries, k)) * 100).astype(np.float32)

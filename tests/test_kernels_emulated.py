@@ -53,6 +53,18 @@ def test_select_k_kernel_matches_its_twin(rng, n_rows, n_cols, k, kind):
     np.testing.assert_array_equal(columns, want_columns)
 
 
+@pytest.mark.parametrize(("n_rows", "n_cols", "k"), [(6, 1000, 10), (3, 2100, 2048)])
+def test_select_k_kernel_adds_column_offsets_as_the_twin_does(rng, n_rows, n_cols, k):
+    scores = _scores(rng, "gaussian", (n_rows, n_cols))
+    offsets = np.round(rng.standard_normal(n_cols) * 1e3).astype(np.float32)
+    values, columns = kernels.select_k(scores, k, xp=xp, column_offsets=offsets)
+    summed = scores.copy()
+    want_values, want_columns = select_k(summed, k, xp=np, column_offsets=offsets)
+    np.testing.assert_array_equal(summed, scores + offsets)  # the twin adds in place
+    np.testing.assert_array_equal(values, want_values)
+    np.testing.assert_array_equal(columns, want_columns)
+
+
 def test_tiles_selected_by_the_kernel_merge_into_one_selection(rng):
     scores = _scores(rng, "integer ties", (6, 700))
     parts = [select_k(scores[:, s:s + 250], 12, xp=xp) for s in range(0, 700, 250)]
@@ -131,7 +143,8 @@ def test_the_emulator_catches_a_broken_selection(rng):
     values = np.empty((5, 100), np.float32)
     columns = np.empty((5, 100), np.int64)
     launch((5,), (kernels.SELECT_THREADS,),
-           (scores, np.int32(5), np.int32(100), np.int32(100), values, columns))
+           (scores, scores, np.int32(0), np.int32(5), np.int32(100), np.int32(100), values,
+            columns))
     assert not np.array_equal(columns, select_k(scores, 100, xp=np)[1])
 
 
