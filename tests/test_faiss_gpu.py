@@ -113,7 +113,9 @@ def test_gpu_ivfpq_matches_its_cpu_copy(data, pq_m):
     _, on_cpu = IVFSearch(search.index, "L2", 8).search(Q, 10)
     assert recall_at_k(on_gpu, on_cpu) >= 0.95
     _, exact, _ = reference_knn(X, Q, 10)
-    assert recall_at_k(on_gpu, exact) >= 0.5  # 64-d clustered data, 8 lists of 32 probed
+    # The CPU build of the same index gets recall 0.63 (pq_m=16) and 0.97 (pq_m=64) here;
+    # a GPU-trained one differs by its k-means, not by much.
+    assert recall_at_k(on_gpu, exact) >= 0.5
 
 
 @pytest.mark.gpu
