@@ -198,16 +198,17 @@ def train_and_predict(quick: bool, repeats: int,
         root, command = data["file_root"], train_covtype.gpuknn_command()
         queries = np.ascontiguousarray(data["X"][n_train:][:10_000], dtype=np.float32)
         for device in devices:
-            hidden = os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-            if device == "cpu":
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            if device == "cpu":  # the job's CuPy sees no GPU: gpuknn train takes the CPU path
                 os.environ["CUDA_VISIBLE_DEVICES"] = ""
             try:
                 job = train_covtype.run_job(command, root, "File", 0,
                                             Path(scratch) / f"{device}.log")
             finally:
-                os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-                if hidden is not None:
-                    os.environ["CUDA_VISIBLE_DEVICES"] = hidden
+                if visible is None:
+                    os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+                else:
+                    os.environ["CUDA_VISIBLE_DEVICES"] = visible
             parsed = train_covtype.parse_job(job)
             result[f"{device}_job"] = {key: parsed.get(key) for key in (
                 "exit_code", "wall_s", "throughput_metric", "test_accuracy", "log_tail")}
