@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -212,6 +213,8 @@ def train_and_predict(quick: bool, repeats: int,
             parsed = train_covtype.parse_job(job)
             result[f"{device}_job"] = {key: parsed.get(key) for key in (
                 "exit_code", "wall_s", "throughput_metric", "test_accuracy", "log_tail")}
+            ran_on = re.search(r"; device (cpu|gpu)", job.output)  # train.py's log line
+            result[f"{device}_job"]["ran_on"] = ran_on.group(1) if ran_on else None
             if job.exit_code == 0:
                 result[f"{device}_predict_s"] = _best_predict(root / "model", device, queries,
                                                               repeats)
@@ -275,6 +278,9 @@ def _train_predict_rows(tp: dict[str, Any]) -> list[str]:
                           if key in tp)
         return [f"| `gpuknn train` covtype-shaped | not compared: {exits} (see the JSON) | | | |"]
     cpu, gpu = tp["cpu_job"], tp["gpu_job"]
+    if gpu.get("ran_on") != "gpu":
+        return [f"| `gpuknn train` covtype-shaped | the GPU job ran on {gpu.get('ran_on')}: "
+                "no comparison | | | |"]
     return [
         f"| `gpuknn train` covtype-shaped ({tp['train_rows']:,} rows, sample "
         f"{tp['sample_size']:,}, {tp['test_rows']:,} test rows), whole job | GPU "

@@ -246,7 +246,7 @@ def test_gpu_bench_renders_one_table_with_every_target(monkeypatch):
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "bench"))
     import gpu_bench  # bench/gpu_bench.py, importable only with bench/ on the path
 
-    job = {"exit_code": 0, "wall_s": 4.0, "test_accuracy": 0.9}
+    job = {"exit_code": 0, "wall_s": 4.0, "test_accuracy": 0.9, "ran_on": "cpu"}
     report = {
         "environment": {"gpu": "card", "compute_capability": "9.0", "memory_gib": 139.8,
                         "driver": 13000, "runtime": 13000, "cupy": "14", "date_utc": "now"},
@@ -258,7 +258,8 @@ def test_gpu_bench_renders_one_table_with_every_target(monkeypatch):
                  "max_abs_error_vs_twin": 1e-6},
         "vote_mean": {"vote_s": 1e-3, "mean_s": 1e-3, "search_s_same_queries": 8.0,
                       "vote_share_of_search": 1e-4, "mean_share_of_search": 1e-4},
-        "train_predict": {"cpu_job": job, "gpu_job": dict(job, wall_s=2.0), "train_rows": 500_000,
+        "train_predict": {"cpu_job": job, "gpu_job": dict(job, wall_s=2.0, ran_on="gpu"),
+                          "train_rows": 500_000,
                           "test_rows": 58_000, "sample_size": 200_000, "job_gpu_over_cpu": 2.0,
                           "cpu_predict_s": 0.5, "gpu_predict_s": 0.05,
                           "predict_gpu_over_cpu": 10.0},
