@@ -128,8 +128,9 @@ class GpuIVF:
             return faiss.index_gpu_to_cpu(self.gpu_index)
 
     def can_search(self, k: int) -> bool:
-        """Whether faiss's GPU search handles ``k`` with this index's nprobe."""
-        return k <= GPU_MAX_K and self.nprobe <= GPU_MAX_K
+        """Whether faiss's GPU search handles ``k`` (nprobe is within the limit by
+        construction: :class:`gpuknn.faiss_index.IVFSearch` makes no copy otherwise)."""
+        return k <= GPU_MAX_K
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """faiss's raw (distances, labels) for host ``queries`` of shape (n, dim), float32."""

@@ -188,10 +188,11 @@ def select_k(scores: Any, k: int, *, xp: ModuleType,
         raise ValueError(f"the select_k kernel takes 1 <= k <= min(n_cols, {MAX_SELECT_K}); "
                          f"got k={k} for {n_cols} columns")
     has_offsets = column_offsets is not None
-    offsets = (xp.ascontiguousarray(column_offsets, dtype=xp.float32) if has_offsets
-               else scores)  # not read: the kernel is told there are none
-    if offsets.shape[-1] != n_cols:
-        raise ValueError(f"column_offsets has {offsets.shape[-1]} entries for {n_cols} columns")
+    offsets = scores  # not read when the kernel is told there are no offsets
+    if has_offsets:
+        offsets = xp.ascontiguousarray(column_offsets, dtype=xp.float32)
+        if offsets.shape != (n_cols,):
+            raise ValueError(f"column_offsets has shape {offsets.shape}; expected ({n_cols},)")
     values = xp.empty((n_rows, k), dtype=xp.float32)
     columns = xp.empty((n_rows, k), dtype=xp.int64)
     if n_rows:
