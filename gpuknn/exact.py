@@ -6,9 +6,11 @@ stay in cache (or, on a GPU, to bound device memory), each tile yields its own
 top k, and the tiles' candidates are merged.
 
 Ranking uses the cheap surrogate ``|x|^2 - 2 <q, x>`` for L2 and ``-<q, x>`` for
-inner products. The k winners' distances are then recomputed directly from the
-vectors (no cancellation) and re-sorted, so returned distances are accurate even
-for near-duplicate vectors with large norms.
+inner products. A few more than k candidates are kept; their distances are then
+recomputed directly from the vectors (no cancellation) and re-sorted, so returned
+distances are accurate even for near-duplicate vectors with large norms. Rows where
+the surrogate's rounding error could have dropped a true neighbour
+(:mod:`gpuknn.rounding`) are searched again in float64, so the answer is exact.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 from gpuknn import partition as partition_module
 from gpuknn._backend import usable_cores
 from gpuknn.metrics import squared_norms
+from gpuknn.rounding import RoundingBound, float64_top_k
 from gpuknn.topk import merge_k, select_k
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,11 @@ GPU_QUERY_CHUNK = 8192
 PARTITION_CHUNK = 4096
 # Elements of the (rows, k, d) gather used to recompute the winners' distances.
 RECOMPUTE_BUDGET = 1 << 24
+
+
+def candidates_for(k: int) -> int:
+    """Surrogate candidates kept per tile for a top k: a margin against rounding error."""
+    return k + max(8, k // 4)
 
 
 class ExactSearch:
@@ -82,6 +90,7 @@ class ExactSearch:
         if metric == "L2" and xp is np and partition != "never":
             self._partition, self._space = _partition(base, self.vectors, self._center,
                                                       always=partition == "always")
+        self._bound = RoundingBound.of(base, metric, xp=xp)
         if self._space is not None:  # the partition's layout replaces the plain one
             self._scaled, self._sq_norms = self._space.scaled, self._space.sq_norms
         elif metric == "L2":  # a scaled copy: one GEMM yields the surrogate, no extra pass
@@ -134,8 +143,9 @@ class ExactSearch:
         ranked = queries - self._center if self._center is not None else queries
 
         def run(chunk: slice) -> None:
-            candidates = self._candidates(ranked[chunk], k)
-            distances[chunk], positions[chunk] = self._finalize(queries[chunk], *candidates, k)
+            candidates = self._candidates(queries[chunk], ranked[chunk], k)
+            distances[chunk], positions[chunk] = self._finalize(
+                queries[chunk], ranked[chunk], *candidates, k)
 
         if self._partition is not None:
             # Pruned search is many small numpy calls under the GIL: one thread, and small
@@ -159,12 +169,17 @@ class ExactSearch:
         width = self.tile_bytes // (4 * max(n_rows, 1))
         return int(max(width, 1024))
 
-    def _candidates(self, queries: Any, k: int) -> tuple[Any, Any]:
-        """Per-tile top k of the surrogate scores, merged into one candidate list."""
+    def _candidates(self, queries: Any, ranked: Any, k: int) -> tuple[Any, Any]:
+        """Per-tile top candidates of the surrogate scores, merged into one list (the
+        partition's k winners instead, when it searches)."""
         if self._partition is not None:
-            return self._partition.candidates(queries, k, self._space)
+            return self._partition.candidates(
+                ranked, k, self._space, lambda which, rows: self._pair_scores(queries[which],
+                                                                              rows))
+        queries = ranked
         xp = self.xp
         width = self._block_width(queries.shape[0])
+        keep = candidates_for(k)
         values, columns = [], []
         buffer = None
         for begin in range(0, self.ntotal, width):
@@ -174,24 +189,48 @@ class ExactSearch:
                 buffer = xp.empty(shape, dtype=xp.float32)
             scores = xp.matmul(queries, self._scaled[begin:end].T, out=buffer)
             norms = None if self._sq_norms is None else self._sq_norms[begin:end]
-            tile_values, tile_columns = select_k(scores, min(k, end - begin), xp=xp,
+            tile_values, tile_columns = select_k(scores, min(keep, end - begin), xp=xp,
                                                  column_offsets=norms)
             values.append(tile_values)
             columns.append(tile_columns + begin)
         if len(values) == 1:
             return values[0], columns[0]
-        return xp.concatenate(values, axis=1), xp.concatenate(columns, axis=1)
+        values, columns = xp.concatenate(values, axis=1), xp.concatenate(columns, axis=1)
+        return merge_k(values, columns, min(keep, values.shape[1]), xp=xp)
 
-    def _finalize(self, queries: Any, values: Any, columns: Any, k: int) -> tuple[Any, Any]:
-        """Recompute candidate distances exactly, re-rank, and convert to the convention."""
+    def _finalize(self, queries: Any, ranked: Any, values: Any, columns: Any,
+                  k: int) -> tuple[Any, Any]:
+        """Recompute candidate distances exactly, re-rank, re-search the rows in doubt,
+        and convert to the metric convention."""
         xp = self.xp
-        if columns.shape[1] > k:
-            values, columns = merge_k(values, columns, k, xp=xp)
         exact = self._exact_scores(queries, columns)
-        exact, columns = merge_k(exact, columns, k, xp=xp)
+        exact, winners = merge_k(exact, columns, k, xp=xp)
+        if self._partition is None and columns.shape[1] < self.ntotal:
+            doubt = xp.flatnonzero(self._bound.in_doubt(ranked, values[:, -1], exact[:, -1],
+                                                         xp=xp))
+            if doubt.size:
+                exact[doubt], winners[doubt] = self._research(queries[doubt], k)
         if self.metric == "L2":
-            return xp.sqrt(exact), columns
-        return -exact, columns
+            return xp.sqrt(exact), winners
+        return -exact, winners
+
+    def _research(self, queries: Any, k: int) -> tuple[Any, Any]:
+        """The k winners of rows in doubt, chosen in float64; their scores recomputed and
+        ranked as every other row's are (float32, ties to the smaller row)."""
+        _, winners = float64_top_k(self.vectors, self._center, queries, k, self.metric,
+                                   xp=self.xp)
+        return merge_k(self._exact_scores(queries, winners), winners, k, xp=self.xp)
+
+    def _pair_scores(self, queries: Any, rows: Any) -> Any:
+        """Direct squared L2 of each (query, base row) pair: (n,) float32, the same values
+        as :meth:`_exact_scores` gives for the same pair."""
+        out = self.xp.empty(len(rows), dtype=self.xp.float32)
+        step = max(1, RECOMPUTE_BUDGET // max(self.dim, 1))
+        for start in range(0, len(rows), step):
+            part = slice(start, start + step)
+            diff = self.vectors[rows[part]] - queries[part]
+            out[part] = (diff * diff).sum(axis=1)
+        return out
 
     def _exact_scores(self, queries: Any, columns: Any) -> Any:
         """Direct squared L2 (or negated inner product) between queries and their candidates."""

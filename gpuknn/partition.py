@@ -27,11 +27,13 @@ would be scanned the brute-force search is used instead.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from gpuknn.metrics import squared_norms
+from gpuknn.rounding import gamma
 
 MIN_ROWS = 50_000
 # About sqrt(n) * CLUSTER_SCALE clusters: fewer, larger clusters mean fewer GEMM calls
@@ -117,9 +119,10 @@ class ClusterPartition:
         """Number of clusters."""
         return len(self.centroids)
 
-    def candidates(self, ranked: np.ndarray, k: int,
-                   space: SearchSpace) -> tuple[np.ndarray, np.ndarray]:
-        """The k best surrogate scores of every query, with their rows.
+    def candidates(self, ranked: np.ndarray, k: int, space: SearchSpace,
+                   rescore: Callable[[np.ndarray, np.ndarray], np.ndarray],
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        """The k nearest base rows of every query, with their recomputed scores.
 
         Parameters
         ----------
@@ -127,17 +130,21 @@ class ClusterPartition:
             Queries centred like the base (the space of the centroids).
         k : int
         space : SearchSpace
+        rescore : callable
+            ``rescore(queries, rows)``: the directly computed squared distance of each
+            pair (query number, base row), float32, as the brute-force search computes it.
 
         Returns
         -------
         values : ndarray of shape (n_queries, k), float32
+            Squared distances, from ``rescore``.
         rows : ndarray of shape (n_queries, k), int64
             Ties broken by the smaller row.
         """
         centre_distance = self._centre_distances(ranked)
         threshold = self._first_threshold(ranked, centre_distance, k, space)
         needed = self._needed(ranked, centre_distance, threshold)
-        return self._scan(ranked, needed, threshold, k, space)
+        return self._scan(ranked, needed, threshold, k, space, rescore=rescore)
 
     def scanned_fraction(self, ranked: np.ndarray, k: int, space: SearchSpace) -> float:
         """Share of the base that :meth:`candidates` scans for these queries."""
@@ -172,9 +179,11 @@ class ClusterPartition:
         return kth + self._slack(ranked, space)
 
     def _slack(self, ranked: np.ndarray, space: SearchSpace) -> np.ndarray:
-        """A bound on the float32 rounding of a surrogate score, generously."""
+        """Twice a bound on the float32 rounding of a surrogate score (the threshold's own
+        and a true neighbour's), at least a relative 1e-5."""
         query_norm = np.sqrt((ranked.astype(np.float64) ** 2).sum(axis=1))
-        return 1e-5 * (query_norm + space.max_norm) ** 2 + 1e-30
+        relative = max(1e-5, 2 * gamma(ranked.shape[1] + 2))
+        return relative * (query_norm + space.max_norm) ** 2 + 1e-30
 
     def _needed(self, ranked, centre_distance, threshold) -> np.ndarray:
         """(n_queries, n_clusters) bool: clusters whose lower bound ``|q - c| - r`` does
@@ -183,9 +192,10 @@ class ClusterPartition:
         tau = np.sqrt(np.maximum(threshold + query_sq, 0.0))
         return (centre_distance - self.radii) <= (tau * (1 + BOUND_SLACK))[:, None]
 
-    def _scan(self, ranked, needed, threshold, k: int, space) -> tuple[np.ndarray, np.ndarray]:
-        """Score every query against its needed clusters, keep the scores within its
-        threshold, and take the k best by (score, original row)."""
+    def _scan(self, ranked, needed, threshold, k: int, space, *,
+              rescore) -> tuple[np.ndarray, np.ndarray]:
+        """Score every query against its needed clusters, keep the rows within its
+        threshold, recompute their distances and take the k best by (distance, row)."""
         kept_queries, kept_values, kept_rows = [], [], []
         clusters, query_ids = np.nonzero(needed.T)
         starts = np.searchsorted(clusters, np.arange(self.n_clusters + 1))
@@ -193,9 +203,10 @@ class ClusterPartition:
             which = query_ids[starts[cluster]:starts[cluster + 1]]
             block = self._scores(ranked[which], cluster, space)
             hit_query, hit_member = np.nonzero(block <= threshold[which][:, None])
+            rows = self.order[self.bounds[cluster] + hit_member]
             kept_queries.append(which[hit_query])
-            kept_values.append(block[hit_query, hit_member])
-            kept_rows.append(self.order[self.bounds[cluster] + hit_member])
+            kept_values.append(rescore(which[hit_query], rows))
+            kept_rows.append(rows)
         queries = np.concatenate(kept_queries)
         values, rows = np.concatenate(kept_values), np.concatenate(kept_rows)
         order = np.lexsort((rows, values, queries))

@@ -94,3 +94,37 @@ def test_blockwise_squared_norms_equal_the_whole_array_ones(xp, rng):
     X = xp.asarray(rng.standard_normal((1000, 37)).astype(np.float32) * 100)
     got = squared_norms(X, xp=xp, block_rows=64)
     np.testing.assert_array_equal(_backend.to_host(got), _backend.to_host((X * X).sum(axis=1)))
+
+
+def test_exact_where_float32_cannot_tell_the_neighbours_apart(xp, rng, monkeypatch):
+    """Blobs far from the mean: |x|^2 ~ 1.6e5, so a float32 surrogate step (~0.016) is
+    larger than some gaps between the k-th and (k+1)-th neighbour. Rows in doubt are
+    searched again in float64 and the answer equals float64 brute force."""
+    centres = rng.standard_normal((300, 16)) * 100
+    data = (centres[rng.integers(0, 300, 60_200)] + rng.standard_normal((60_200, 16)))
+    X, Q = data[:60_000].astype(np.float32), data[60_000:].astype(np.float32)
+    researched = []
+    real = exact.float64_top_k
+
+    def counting(base, center, queries, k, metric, *, xp):
+        researched.append(len(queries))
+        return real(base, center, queries, k, metric, xp=xp)
+
+    monkeypatch.setattr(exact, "float64_top_k", counting)
+    search = ExactSearch(xp.asarray(X), "L2", xp=xp, partition="never")
+    positions = _backend.to_host(search.search(xp.asarray(Q), 10)[1])
+    _, want_positions, clear = reference_knn(X, Q, 10)
+    assert_same_neighbours(positions, want_positions, clear, min_clear_fraction=0.9)
+    assert sum(researched) > 0, "the data should leave some rows in doubt"
+    assert sum(researched) < len(Q) // 2
+
+
+def test_integer_data_is_never_in_doubt(rng, monkeypatch):
+    """Whole numbers with small sums are computed exactly in float32: no re-search, and
+    ties still go to the smaller row."""
+    monkeypatch.setattr(exact, "float64_top_k", lambda *a, **kw: pytest.fail("re-searched"))
+    X = rng.integers(0, 4, (3000, 8)).astype(np.float32)
+    distances, positions = ExactSearch(X, "L2").search(X[:200], 20)
+    want_distances, want_positions, _ = reference_knn(X, X[:200], 20)  # stable: ties in row order
+    np.testing.assert_array_equal(positions, want_positions)
+    np.testing.assert_array_equal(distances, want_distances.astype(np.float32))
