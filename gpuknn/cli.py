@@ -58,6 +58,9 @@ def _add_serve(commands) -> None:
     serve.add_argument("--max-payload-mb", type=float, default=None,
                        help="larger bodies get 413 (default: $SAGEMAKER_MAX_PAYLOAD_IN_MB, "
                             "else 6)")
+    serve.add_argument("--body-timeout-s", type=float, default=60.0,
+                       help="a request body that takes longer to arrive gets 408 "
+                            "(default 60, SageMaker's invocation timeout)")
     serve.add_argument("--access-log", action="store_true", help="log every request")
 
 
@@ -84,6 +87,9 @@ def _add_transform(commands) -> None:
     transform.add_argument("--accept", default="application/jsonlines",
                            help="output format (default application/jsonlines)")
     transform.add_argument("--batch-rows", type=int, default=4096)
+    transform.add_argument("--max-payload-mb", type=float, default=None,
+                           help="split type None reads each file as one request of at most "
+                                "this size (default: $SAGEMAKER_MAX_PAYLOAD_IN_MB, else 6)")
     transform.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
 
 
@@ -122,7 +128,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     payload = args.max_payload_mb or app.default_max_payload_mb()
     settings = app.ServeSettings(server.model_location(args.ml_root, args.model), args.device,
-                                 args.max_batch_rows, args.max_wait_ms, payload)
+                                 args.max_batch_rows, args.max_wait_ms, payload,
+                                 args.body_timeout_s)
     return server.serve(settings, host=args.host, port=args.port, workers=args.workers,
                         access_log=args.access_log)
 
@@ -132,9 +139,11 @@ def _transform(args: argparse.Namespace) -> None:
 
     from gpuknn.model import KNNModel  # noqa: PLC0415 - keep start-up light
     from gpuknn.serving import transform  # noqa: PLC0415 - keep start-up light
+    from gpuknn.serving.app import default_max_payload_mb  # noqa: PLC0415
 
     job = transform.TransformJob(Path(args.input), Path(args.output), args.content_type,
-                                 args.split_type, args.accept, args.batch_rows)
+                                 args.split_type, args.accept, args.batch_rows,
+                                 args.max_payload_mb or default_max_payload_mb())
     report = transform.run(KNNModel.load(args.model, device=args.device), job)
     print(f"gpuknn transform: {len(report.written)} file(s) written, {len(report.skipped)} "
           f"skipped (output exists), {report.rows} rows answered")

@@ -58,6 +58,12 @@ class PayloadTooLargeError(ClientError):
     status_code = 413
 
 
+class RequestTimeoutError(ClientError):
+    """A request body that did not arrive in time (HTTP 408)."""
+
+    status_code = 408
+
+
 class ModelFileError(ClientError):
     """A saved model that is missing, corrupt, truncated or of another version."""
 

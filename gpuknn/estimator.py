@@ -99,7 +99,7 @@ class KNN:
         hp = self.hyperparameters
         sampler = ReservoirSampler(hp.sample_size, seed=hp.seed)
         for features, labels in self._batches(X, y, content_type, label_size):
-            sampler.add(features.toarray() if sp.issparse(features) else features, labels)
+            sampler.add(_dense(features, hp) if sp.issparse(features) else features, labels)
         features, labels, ids = sampler.result()
         if labels is None and _is_source(X):
             raise DataError(f"{io.sources.name_of(X)}: the training data has no labels "
@@ -164,6 +164,30 @@ class KNN:
     def __repr__(self) -> str:
         given = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"KNN({given})"
+
+
+def _dense(features: sp.spmatrix, hp: Hyperparameters) -> np.ndarray:
+    """A sparse batch as a dense array, refused before allocating when it cannot fit.
+
+    Raises
+    ------
+    HyperparameterError
+        When its width disagrees with ``feature_dim``.
+    DataError
+        When the dense batch would need more memory than is available.
+    """
+    rows, width = features.shape
+    if hp.feature_dim not in ("auto", width):
+        raise HyperparameterError([f"'feature_dim' is {hp.feature_dim} but the sparse data's "
+                                   f"shape is [{width}]"])
+    needed = rows * width * 4
+    available = _backend.available_memory()
+    if available is not None and needed > available // 2:
+        raise DataError(f"sparse rows of shape [{width}] densify to {needed / 2**30:.1f} GiB "
+                        f"per batch of {rows} rows, more than half the "
+                        f"{available / 2**30:.1f} GiB available; check the records' shape, "
+                        "or lower mini_batch_size")
+    return features.toarray()
 
 
 def _is_source(X: Any) -> bool:

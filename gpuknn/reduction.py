@@ -79,6 +79,11 @@ class SignProjection:
         """The arrays that define this projection, for the model file."""
         return {"signs": self.signs}
 
+    def check(self) -> None:
+        """Raise ValueError unless this is a projection :meth:`fit` could have drawn."""
+        if self.target_dim < 1 or not np.isin(self.signs, (-1, 1)).all():
+            raise ValueError("signs must be a matrix of -1 and +1 with at least one column")
+
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> SignProjection:
         """Inverse of :meth:`to_arrays`."""
@@ -176,6 +181,19 @@ class FJLT:
             self._on_device[key] = (xp.asarray(self.flips, dtype=xp.float32),
                                     xp.asarray(self.keep))
         return self._on_device[key]
+
+    def check(self) -> None:
+        """Raise ValueError unless this is a transform :meth:`fit` could have drawn."""
+        padded = self.padded_dim
+        if padded < max(self.input_dim, 1) or padded & (padded - 1):
+            raise ValueError(f"{padded} flips for input dimension {self.input_dim}; expected "
+                             "the next power of two")
+        if not np.isin(self.flips, (-1, 1)).all():
+            raise ValueError("flips must be -1 or +1")
+        keep = self.keep
+        if not 1 <= keep.size <= padded or keep.min() < 0 or keep.max() >= padded or (
+                np.diff(keep) <= 0).any():
+            raise ValueError(f"keep must be increasing coordinates within [0, {padded})")
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """The arrays that define this transform, for the model file."""

@@ -7,7 +7,8 @@ reservoir sampler in ``mini_batch_size`` batches, builds the index, writes the m
     #quality_metric: host=algo-1, test accuracy <score>=0.9221
     #test_score (algo-1) : ('accuracy', 0.9221)
 
-On any failure, ``output/failure`` gets a one-paragraph reason (at most 1024 characters),
+A job starts by removing an earlier run's ``output/failure``. On any failure,
+``output/failure`` gets a one-paragraph reason (at most 1024 characters),
 the traceback goes only to the log, ``model/`` is left without model files and the exit
 code is non-zero. SIGTERM stops the job the same way.
 """
@@ -52,6 +53,7 @@ def main(root: str | Path | None = None) -> int:
     env = None
     try:
         env = TrainingEnvironment.from_root(root)
+        env.failure_file.unlink(missing_ok=True)  # an earlier run's reason is not this one's
         train(env)
         return 0
     except StoppedError:

@@ -450,7 +450,7 @@ def _nan_rows(root: Path) -> tuple[str, ...]:
     X[5, 2] = np.nan
     X[42, 0] = np.inf
     _train_file(root, X)
-    return "NaN", "row 5, 42"
+    return "NaN", "train.pbr: record 5 (byte offset 300); record 42 (byte offset 2520)"
 
 
 def _several_hosts(root: Path) -> tuple[str, ...]:

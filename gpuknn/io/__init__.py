@@ -17,9 +17,11 @@ import scipy.sparse as sp
 
 from gpuknn.errors import DataError
 from gpuknn.io import records
+from gpuknn.io.limits import InflateLimit
+from gpuknn.io.places import Instances, Lines, Place, RecordRun, Records
 from gpuknn.io.recordio import PayloadRun, frame, iter_payloads
 from gpuknn.io.sources import Stream, iter_streams, name_of
-from gpuknn.io.text import iter_csv, iter_jsonlines, parse_json
+from gpuknn.io.text import iter_csv, iter_jsonlines, parse_json, read_json_document
 
 RECORDIO = "application/x-recordio-protobuf"
 CSV = "text/csv"
@@ -32,11 +34,13 @@ __all__ = ["CONTENT_TYPES", "CSV", "JSON", "JSONLINES", "RECORDIO", "iter_batche
            "record_set", "write_recordio"]
 
 Batch = tuple[Any, np.ndarray | None]
-Block = tuple[Any, np.ndarray | None, str]  # features, labels, place of the first row
+Block = tuple[Any, np.ndarray | None, Place]  # features, labels, where each row came from
+MAX_BAD_ROWS_NAMED = 3
 
 
 def iter_batches(source: Any, content_type: str = RECORDIO, batch_size: int = 5000,
-                 label_size: int | None = None) -> Iterator[Batch]:
+                 label_size: int | None = None,
+                 inflate: InflateLimit | None = None) -> Iterator[Batch]:
     """Stream ``(X, y)`` batches of at most ``batch_size`` rows from a source.
 
     Parameters
@@ -51,6 +55,9 @@ def iter_batches(source: Any, content_type: str = RECORDIO, batch_size: int = 50
         Rows per batch; memory stays bounded by a batch whatever the source's size.
     label_size : int, optional
         CSV label columns (0 or 1). Default 1 for CSV (training data), 0 otherwise.
+    inflate : InflateLimit, optional
+        How far gzip data may inflate (:mod:`gpuknn.io.limits`); default: the files'
+        ratio limit.
 
     Yields
     ------
@@ -60,22 +67,24 @@ def iter_batches(source: Any, content_type: str = RECORDIO, batch_size: int = 50
     Raises
     ------
     DataError
-        Naming the file and the byte offset, record, line or column at fault.
+        Naming the file and the byte offset, record, line or column at fault, including
+        rows with NaN or infinite values (features or label).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
-    yield from _rebatch(_blocks(source, content_type, label_size, batch_size), batch_size)
+    yield from _rebatch(_blocks(source, content_type, label_size, batch_size, inflate),
+                        batch_size)
 
 
 def _blocks(source: Any, content_type: str, label_size: int | None,
-            batch_size: int) -> Iterator[Batch]:
+            batch_size: int, inflate: InflateLimit | None = None) -> Iterator[Batch]:
     """Decoded, consistency-checked blocks of at most ``batch_size`` rows, in order."""
     kind, parameters = parse_content_type(content_type)
     if label_size is None:
         label_size = _label_size(parameters.get("label_size", "1" if kind == CSV else "0"))
     seen_rows = False
     for X, y in _Consistent().check(
-            (stream.name, block) for stream in iter_streams(source)
+            (stream.name, block) for stream in iter_streams(source, inflate)
             for block in _decode(stream, kind, label_size, batch_size)):
         seen_rows = True
         yield X, y
@@ -91,15 +100,16 @@ def _label_size(text: str) -> int:
 
 
 class _Consistent:
-    """Every decoded block must have the first block's feature count and label presence."""
+    """Every decoded block must have the first block's feature count and label presence,
+    and finite values; a fault is named by its file and record or line."""
 
     def __init__(self):
         self.width: int | None = None
         self.labelled: bool | None = None
 
     def check(self, blocks: Iterator[tuple[str, Block]]) -> Iterator[Batch]:
-        for name, (X, y, place) in blocks:
-            where = f"{name}: {place} onwards"
+        for name, (X, y, places) in blocks:
+            where = f"{name}: {places.describe(0)} onwards"
             if self.width is None:
                 self.width, self.labelled = X.shape[1], y is not None
             if X.shape[1] != self.width:
@@ -108,12 +118,33 @@ class _Consistent:
             if (y is not None) != self.labelled:
                 raise DataError(f"{where}: rows are {'labelled' if y is not None else 'unlabelled'}"
                                 f"; earlier rows are not (every row needs a label, or none)")
+            _check_finite(X, y, name, places)
             yield X, y
 
 
-def read(source: Any, content_type: str = RECORDIO, label_size: int | None = None) -> Batch:
+def _check_finite(X: Any, y: np.ndarray | None, name: str, places: Place) -> None:
+    """Refuse NaN and infinite values, naming the first rows that hold them."""
+    if sp.issparse(X):
+        cells = np.flatnonzero(~np.isfinite(X.data))
+        bad = np.unique(np.searchsorted(X.indptr, cells, side="right") - 1)
+    else:
+        bad = np.flatnonzero(~np.isfinite(X).all(axis=1))
+    if y is not None:
+        bad = np.union1d(bad, np.flatnonzero(~np.isfinite(y)))
+    if bad.size == 0:
+        return
+    shown = "; ".join(places.describe(int(row)) for row in bad[:MAX_BAD_ROWS_NAMED])
+    more = f" and {bad.size - MAX_BAD_ROWS_NAMED} more in this block" if (
+        bad.size > MAX_BAD_ROWS_NAMED) else ""
+    raise DataError(f"{name}: {shown}{more}: NaN, infinite or out-of-float32-range value "
+                    "(features or label); k-NN needs finite numbers in every row")
+
+
+def read(source: Any, content_type: str = RECORDIO, label_size: int | None = None,
+         inflate: InflateLimit | None = None) -> Batch:
     """All of a source at once: ``(X, y)`` as :func:`iter_batches` yields them, concatenated."""
-    batches = list(_blocks(source, content_type, label_size, batch_size=1 << 16))
+    batches = list(_blocks(source, content_type, label_size, batch_size=1 << 16,
+                           inflate=inflate))
     features = [X for X, _ in batches]
     if any(sp.issparse(X) for X in features):
         X = sp.vstack(features, format="csr")
@@ -149,12 +180,12 @@ def _decode(stream: Stream, kind: str, label_size: int, batch_size: int) -> Iter
         yield from _decode_recordio(stream, batch_size)
     elif kind == CSV:
         for X, y, line in iter_csv(stream, label_size=label_size):
-            yield X, y, f"line {line}"
+            yield X, y, Lines(line)
     elif kind == JSONLINES:
-        for X, y, line in iter_jsonlines(stream, batch_size=batch_size):
-            yield X, y, f"line {line}"
+        for X, y, numbers in iter_jsonlines(stream, batch_size=batch_size):
+            yield X, y, Lines(numbers[0], numbers)
     else:
-        yield parse_json(stream.read(), stream.name), None, "instance 0"
+        yield parse_json(read_json_document(stream), stream.name), None, Instances()
 
 
 def _decode_recordio(stream: Stream, batch_size: int) -> Iterator[Block]:
@@ -188,15 +219,15 @@ def _decode_run(run: PayloadRun, name: str, first_record: int, batch_size: int):
             yield _decode_pending(pending, name, first_record + start)
         else:
             yield (decoded.features, decoded.labels,
-                   f"record {first_record + start} (byte offset {run.offset + start * stride})")
+                   RecordRun(first_record + start, run.offset + start * stride, stride))
 
 
 def _decode_pending(pending: list[tuple[int, bytes]], name: str, first_record: int) -> Block:
-    places = [f"record {first_record + i} (byte offset {offset})"
-              for i, (offset, _) in enumerate(pending)]
+    places = Records(first_record, [offset for offset, _ in pending])
     decoded = records.decode_payloads([payload for _, payload in pending],
-                                      [f"{name}: {place}" for place in places])
-    return decoded.features, decoded.labels, places[0]
+                                      [f"{name}: {places.describe(i)}"
+                                       for i in range(len(pending))])
+    return decoded.features, decoded.labels, places
 
 
 def _rebatch(batches: Iterator[Batch], batch_size: int) -> Iterator[Batch]:

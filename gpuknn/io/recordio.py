@@ -115,6 +115,7 @@ class _Reader:
         self.buffer = b""
         self.position = 0  # stream offset of buffer[0]
         self.parts: list[bytes] = []
+        self.parts_bytes = 0  # of the record being joined, magic numbers restored
         self.part_start = 0
         self.single_steps = 0  # records to take one by one before trying a run again
         self.eof = False
@@ -193,6 +194,10 @@ class _Reader:
         if flag == 1:
             self.part_start = offset
         self.parts.append(payload)
+        self.parts_bytes = len(payload) + (self.parts_bytes + len(MAGIC_BYTES) if flag != 1 else 0)
+        if self.parts_bytes > LENGTH_MASK:
+            raise DataError(f"{self.name}: byte offset {self.part_start}: a multi-part record "
+                            f"longer than {LENGTH_MASK} bytes, the most one record may hold")
         if flag != 3:
             return end, None
         record = (self.part_start, MAGIC_BYTES.join(self.parts))

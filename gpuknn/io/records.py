@@ -17,6 +17,7 @@ import scipy.sparse as sp
 
 from gpuknn.errors import DataError
 from gpuknn.io._record import messages
+from gpuknn.io.limits import MAX_FEATURES
 
 TENSOR_FIELDS = {2: ("float32_tensor", "<f4"), 3: ("float64_tensor", "<f8"),
                  7: ("int32_tensor", None)}
@@ -38,6 +39,12 @@ class Decoded:
 
 
 # -- the fast path ---------------------------------------------------------------------------
+# It takes only the canonical layout that the SageMaker SDK writes, and hands anything else
+# (repeated or unknown fields, unpacked values, int32, sparse) to protobuf, so that both
+# paths accept and refuse exactly the same bytes.
+_LENGTH_DELIMITED = 2
+
+
 def _varint(buffer: bytes, position: int) -> tuple[int, int]:
     value = shift = 0
     while True:
@@ -51,62 +58,62 @@ def _varint(buffer: bytes, position: int) -> tuple[int, int]:
             return value, position
 
 
-def _fields(buffer: bytes, start: int, end: int):
-    """Yield ``(field_number, content_start, content_end)`` of length-delimited fields."""
+def _fields(buffer: bytes, start: int, end: int) -> dict[int, tuple[int, int]] | None:
+    """``{field: (content_start, content_end)}`` of a message made only of distinct
+    length-delimited fields; None for anything else (ValueError if it is malformed)."""
+    found: dict[int, tuple[int, int]] = {}
     position = start
     while position < end:
         key, position = _varint(buffer, position)
         field, wire_type = key >> 3, key & 7
-        if wire_type == 2:
-            length, position = _varint(buffer, position)
-            yield field, position, position + length
-            position += length
-        elif wire_type == 0:
-            _, position = _varint(buffer, position)
-        elif wire_type in (1, 5):
-            position += 8 if wire_type == 1 else 4
-        else:
-            raise ValueError(f"unsupported wire type {wire_type}")
+        if wire_type != _LENGTH_DELIMITED or field in found:
+            return None
+        length, position = _varint(buffer, position)
+        found[field] = (position, position + length)
+        position += length
     if position != end:
         raise ValueError("field overruns its message")
+    return found
 
 
 def _tensor_layout(buffer: bytes, start: int, end: int):
-    """``(dtype, values_start, values_end, has_keys)`` of the "values" tensor of a map field."""
-    key_value = dict((field, (s, e)) for field, s, e in _fields(buffer, start, end))
-    if buffer[slice(*key_value.get(1, (0, 0)))] != b"values" or 2 not in key_value:
+    """``(dtype, values_start, values_end)`` of a map entry ``"values" -> Value`` holding
+    one Float32 or Float64 tensor with packed values and nothing else, or None."""
+    entry = _fields(buffer, start, end)
+    if entry is None or set(entry) != {1, 2} or buffer[slice(*entry[1])] != b"values":
         return None
-    for field, s, e in _fields(buffer, *key_value[2]):
-        if field not in TENSOR_FIELDS:
-            return None
-        dtype = TENSOR_FIELDS[field][1]
-        parts = {f: (fs, fe) for f, fs, fe in _fields(buffer, s, e)}
-        values = parts.get(1, (s, s))
-        return dtype, values[0], values[1], 2 in parts or 3 in parts  # keys or shape: sparse
-    return None
+    value = _fields(buffer, *entry[2])
+    if value is None or len(value) != 1:
+        return None
+    (field, (tensor_start, tensor_end)), = value.items()
+    dtype = TENSOR_FIELDS.get(field, (None, None))[1]
+    tensor = _fields(buffer, tensor_start, tensor_end)
+    if dtype is None or tensor is None or set(tensor) != {1}:
+        return None  # int32 varints, keys or shape (sparse), or no values at all
+    values_start, values_end = tensor[1]
+    if (values_end - values_start) % np.dtype(dtype).itemsize:
+        return None  # protobuf refuses a packed field of a partial value
+    return dtype, values_start, values_end
 
 
 def _layout(template: bytes):
-    """Where the feature and label values of a dense fixed-width record lie, or None."""
-    features = label = None
-    for field, start, end in _fields(template, 0, len(template)):
-        layout = _tensor_layout(template, start, end) if field in (1, 2) else None
-        if field == 1:
-            features = layout
-        elif field == 2:
-            label = layout
-        else:
-            return None
-        if field in (1, 2) and (layout is None or layout[0] is None or layout[3]):
-            return None  # int32 varints, or sparse keys / shape: not fixed-width
-    return None if features is None else (features, label)
+    """Where the feature and label values of a canonical dense record lie, or None."""
+    record = _fields(template, 0, len(template))
+    if record is None or 1 not in record or not set(record) <= {1, 2}:
+        return None
+    features = _tensor_layout(template, *record[1])
+    label = _tensor_layout(template, *record[2]) if 2 in record else None
+    if features is None or (2 in record and label is None):
+        return None
+    return features, label
 
 
 def decode_run(payloads: np.ndarray) -> Decoded | None:
     """Decode equal-length payloads (n, L) uint8 as dense rows, or None if they differ.
 
-    None means "use :func:`decode_payloads`": the records are not all dense fixed-width
-    records laid out like the first one.
+    None means "use :func:`decode_payloads`": the records are not all canonical dense
+    fixed-width records laid out like the first one. Where it decodes, the result is
+    the one :func:`decode_payloads` gives.
     """
     try:
         layout = _layout(payloads[0].tobytes())
@@ -114,7 +121,7 @@ def decode_run(payloads: np.ndarray) -> Decoded | None:
         return None
     if layout is None:
         return None
-    (dtype, v_start, v_end, _), label = layout
+    (dtype, v_start, v_end), label = layout
     regions = [(v_start, v_end)] + ([] if label is None else [(label[1], label[2])])
     edges = [0, *(x for region in sorted(regions) for x in region), payloads.shape[1]]
     for start, end in zip(edges[::2], edges[1::2], strict=True):
@@ -167,13 +174,19 @@ def decode_payloads(payloads: list[bytes], wheres: list[str]) -> Decoded:
         if "values" not in record.features:
             raise DataError(f"{where}: the record has no features[\"values\"] tensor")
         tensor = _tensor(record.features["values"], where, 'features["values"]')
-        values = np.asarray(tensor.values, dtype=np.float32)
+        values = _float32(tensor.values)
         # Sparse: keys given, or a shape that the values do not fill (an all-zero row).
         sparse = len(tensor.keys) or (len(tensor.shape) and len(values) != tensor.shape[0])
-        keys = np.asarray(tensor.keys, dtype=np.int64) if sparse else None
+        keys = np.asarray(tensor.keys, dtype=np.uint64) if sparse else None
         rows.append((values, keys, tuple(tensor.shape), where))
         labels.append(_label(record, where))
     return Decoded(_assemble(rows), _assemble_labels(labels, wheres))
+
+
+def _float32(values) -> np.ndarray:
+    """Tensor values as float32; float64 beyond its range becomes infinite (refused later)."""
+    with np.errstate(over="ignore"):
+        return np.asarray(values, dtype=np.float64).astype(np.float32)
 
 
 def _label(record, where: str) -> float | None:
@@ -204,13 +217,22 @@ def _assemble(rows) -> np.ndarray | sp.csr_matrix:
     return _assemble_sparse(rows)
 
 
+def _sparse_width(shape: tuple[int, ...], where: str) -> int:
+    """The feature count of a sparse tensor's shape: one dimension, 1 to MAX_FEATURES."""
+    if len(shape) != 1:
+        raise DataError(f"{where}: a sparse tensor (with keys) needs a shape of one dimension, "
+                        f"[n_features]; got {list(shape)}")
+    if not 1 <= shape[0] <= MAX_FEATURES:
+        raise DataError(f"{where}: sparse shape [{shape[0]}] must be between 1 and "
+                        f"{MAX_FEATURES} features")
+    return int(shape[0])
+
+
 def _assemble_sparse(rows) -> sp.csr_matrix:
     n_cols = None
     indptr, indices, data = [0], [], []
     for values, keys, shape, where in rows:
-        width = (int(shape[0]) if shape else None) if keys is not None else len(values)
-        if width is None:
-            raise DataError(f"{where}: a sparse tensor (with keys) must set its shape")
+        width = _sparse_width(shape, where) if keys is not None else len(values)
         if n_cols is not None and width != n_cols:
             raise DataError(f"{where}: {width} features; earlier records have {n_cols}")
         n_cols = width
@@ -221,7 +243,7 @@ def _assemble_sparse(rows) -> sp.csr_matrix:
         if len(keys) and (keys.max() >= n_cols):
             raise DataError(f"{where}: sparse key {int(keys.max())} is outside the shape "
                             f"[{n_cols}]")
-        indices.append(keys)
+        indices.append(keys.astype(np.int64))
         data.append(values)
         indptr.append(indptr[-1] + len(keys))
     matrix = sp.csr_matrix((np.concatenate(data), np.concatenate(indices), indptr),

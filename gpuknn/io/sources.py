@@ -4,7 +4,9 @@ A source is a file path, an open binary file, a directory (every regular file un
 it, sorted by relative path, hidden files skipped), a SageMaker manifest file
 (``[{"prefix": ...}, "relative/key", ...]``), or a named pipe (SageMaker Pipe mode).
 Streams are only ever read forward, and gzip is recognised by its magic bytes, not by
-the file name. Nothing is seeked, so pipes and gzip streams work alike.
+the file name. Nothing is seeked, so pipes and gzip streams work alike. A gzip stream
+inflates under an :class:`~gpuknn.io.limits.InflateLimit` (a ratio for files, an
+absolute size for request bodies), so a compression bomb is refused, not inflated.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import io
 import json
 import os
 import stat
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,7 @@ from urllib.parse import urlparse
 from urllib.request import url2pathname
 
 from gpuknn.errors import DataError
+from gpuknn.io.limits import CountingReader, InflatedReader, InflateLimit
 
 GZIP_MAGIC = b"\x1f\x8b"
 MANIFEST_MAX_BYTES = 256 << 20
@@ -29,29 +33,38 @@ MANIFEST_MAX_BYTES = 256 << 20
 class Stream:
     """A named binary stream (gzip already unwrapped)."""
 
-    def __init__(self, name: str, handle: Any, path: Path | None = None):
+    def __init__(self, name: str, handle: Any, path: Path | None = None, *,
+                 compressed: bool = False):
         self.name = name
         self.handle = handle
         self.path = path  # set for a regular, uncompressed file, which may be memory-mapped
+        self.compressed = compressed
 
     def read(self, size: int = -1) -> bytes:
         """Read up to ``size`` bytes; a cut-short gzip stream becomes a DataError."""
         try:
             return self.handle.read(size)
-        except (EOFError, gzip.BadGzipFile, OSError) as err:
+        except (EOFError, gzip.BadGzipFile, OSError, zlib.error) as err:
             raise DataError(f"{self.name}: unreadable or truncated gzip data ({err})") from None
 
 
-def iter_streams(source: Any) -> Iterator[Stream]:
+def iter_streams(source: Any, inflate: InflateLimit | None = None) -> Iterator[Stream]:
     """Yield the streams of ``source`` one after another; each is closed after use.
+
+    Parameters
+    ----------
+    source : str, Path or binary file
+    inflate : InflateLimit, optional
+        How far gzip data may inflate; default :meth:`InflateLimit.for_files`.
 
     Raises
     ------
     DataError
         For a path that does not exist, an empty directory or a broken manifest.
     """
+    inflate = InflateLimit.for_files() if inflate is None else inflate
     if hasattr(source, "read"):
-        yield _unwrap(getattr(source, "name", "<stream>"), source)
+        yield _unwrap(getattr(source, "name", "<stream>"), source, inflate)
         return
     path = Path(source)
     if not path.exists():
@@ -61,8 +74,8 @@ def iter_streams(source: Any) -> Iterator[Stream]:
         raise DataError(f"{path}: the directory holds no data files")
     for file in files:
         with open(file, "rb", buffering=0) as handle:
-            stream = _unwrap(str(file), handle)
-            if not isinstance(stream.handle, gzip.GzipFile) and stat.S_ISREG(
+            stream = _unwrap(str(file), handle, inflate)
+            if not stream.compressed and stat.S_ISREG(
                     os.fstat(handle.fileno()).st_mode):
                 stream.path = file
             yield stream
@@ -104,17 +117,20 @@ class _Prefixed(io.RawIOBase):
         return len(data)
 
 
-def _unwrap(name: str, handle: Any) -> Stream:
+def _unwrap(name: str, handle: Any, inflate: InflateLimit) -> Stream:
     head = b""
     while len(head) < 2:  # short reads (pipes, sockets) may deliver one byte at a time
         more = handle.read(2 - len(head))
         if not more:
             break
         head += more
-    buffered = io.BufferedReader(_Prefixed(head, handle), buffer_size=1 << 20)
-    if head == GZIP_MAGIC:
-        return Stream(name, gzip.GzipFile(fileobj=buffered, mode="rb"))
-    return Stream(name, buffered)
+    if head != GZIP_MAGIC:
+        return Stream(name, io.BufferedReader(_Prefixed(head, handle), buffer_size=1 << 20))
+    compressed = CountingReader(_Prefixed(head, handle))
+    inflated = gzip.GzipFile(fileobj=io.BufferedReader(compressed, buffer_size=1 << 20),
+                             mode="rb")
+    limited = InflatedReader(name, inflated, compressed, inflate)
+    return Stream(name, io.BufferedReader(limited, buffer_size=1 << 20), compressed=True)
 
 
 def _manifest_entries(path: Path) -> list[Path] | None:

@@ -27,6 +27,7 @@ import scipy.sparse as sp
 
 from gpuknn._backend import usable_cores
 from gpuknn.errors import DataError
+from gpuknn.io.limits import MAX_FEATURES, MAX_JSON_DEPTH, MAX_JSON_DOCUMENT_BYTES, MAX_LINE_BYTES
 from gpuknn.io.sources import Stream
 
 BLOCK_BYTES = 8 << 20
@@ -69,6 +70,7 @@ def _line_blocks(stream: Stream) -> Iterator[tuple[bytes, int]]:
         data = carry + chunk
         cut = data.rfind(b"\n") + 1
         if cut == 0:
+            _check_line_length(len(data), stream.name, line)
             carry = data
             continue
         block, carry = data[:cut], data[cut:]
@@ -76,6 +78,12 @@ def _line_blocks(stream: Stream) -> Iterator[tuple[bytes, int]]:
         line += block.count(b"\n")
     if carry.strip():
         yield carry, line
+
+
+def _check_line_length(length: int, name: str, line: int) -> None:
+    if length > MAX_LINE_BYTES:
+        raise DataError(f"{name}: line {line}: longer than {MAX_LINE_BYTES >> 20} MiB with no "
+                        "line end; one line holds one row")
 
 
 def _parse_block(block: bytes, name: str, line: int, label_size: int, n_cols: int | None):
@@ -147,26 +155,39 @@ def parse_json(data: bytes, name: str) -> Any:
     return instances_to_matrix(document["instances"], name, "instance")
 
 
-def iter_jsonlines(stream: Stream, *, batch_size: int) -> Iterator[Rows]:
-    """Yield feature batches of a JSON Lines stream, one instance per non-empty line."""
+def read_json_document(stream: Stream) -> bytes:
+    """A whole JSON document, refused past :data:`MAX_JSON_DOCUMENT_BYTES`."""
+    data = stream.read(MAX_JSON_DOCUMENT_BYTES + 1)
+    if len(data) > MAX_JSON_DOCUMENT_BYTES:
+        raise DataError(f"{stream.name}: a JSON document is read whole and may hold at most "
+                        f"{MAX_JSON_DOCUMENT_BYTES >> 20} MiB; use JSON Lines "
+                        "(application/jsonlines) for larger data")
+    return data
+
+
+def iter_jsonlines(stream: Stream, *, batch_size: int) -> Iterator[tuple[Any, None, list[int]]]:
+    """Yield ``(features, None, line numbers)`` of a JSON Lines stream, one instance per
+    non-empty line (lines are 1-based; blank lines are skipped)."""
     pending: list[Any] = []
-    first = line = 1
     for line, raw in enumerate(_byte_lines(stream), start=1):
         if raw.strip():
             pending.append((line, _load(raw, f"{stream.name}: line {line}")))
         if len(pending) >= batch_size:
-            yield _jsonl_batch(pending, stream.name), None, first
-            pending, first = [], line + 1
+            yield _jsonl_batch(pending, stream.name), None, [n for n, _ in pending]
+            pending = []
     if pending:
-        yield _jsonl_batch(pending, stream.name), None, first
+        yield _jsonl_batch(pending, stream.name), None, [n for n, _ in pending]
 
 
 def _byte_lines(stream: Stream) -> Iterator[bytes]:
     """The lines of a stream as bytes (decoded later, so bad UTF-8 is reported by line)."""
     carry = b""
+    line = 1
     while chunk := stream.read(BLOCK_BYTES):
         lines = (carry + chunk).split(b"\n")
         carry = lines.pop()
+        line += len(lines)
+        _check_line_length(len(carry), stream.name, line)
         yield from lines
     if carry:
         yield carry
@@ -177,14 +198,45 @@ def _jsonl_batch(pending, name: str):
     return instances_to_matrix([obj for _, obj in pending], name, "line", numbers=lines)
 
 
+# Integers of more digits than int64 holds are read as floats (so 1e400 and a 400-digit
+# integer both become infinity, refused as out of range, instead of an OverflowError).
+_INT_DIGITS = 18
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_BRACKETS = np.frombuffer(b"[{]}", dtype=np.uint8)
+
+
+def _parse_int(text: str) -> int | float:
+    return int(text) if len(text.lstrip("-")) <= _INT_DIGITS else float(text)
+
+
 def _load(data: bytes, where: str) -> Any:
+    _check_depth(data, where)
     try:
-        return json.loads(data)
+        return json.loads(data, parse_int=_parse_int)
     except UnicodeDecodeError as err:
         raise DataError(f"{where}: invalid UTF-8 at byte {err.start}") from None
     except json.JSONDecodeError as err:
         raise DataError(f"{where}: invalid JSON at line {err.lineno}, column {err.colno}: "
                         f"{err.msg}") from None
+    except RecursionError:  # a backstop: _check_depth refuses such documents first
+        raise DataError(f"{where}: JSON nested too deeply") from None
+
+
+def _check_depth(data: bytes, where: str) -> None:
+    """Refuse JSON nested deeper than :data:`MAX_JSON_DEPTH` before parsing it.
+
+    Brackets inside strings do not count; the scan is vectorised over the brackets only.
+    """
+    if data.count(b"[") + data.count(b"{") <= MAX_JSON_DEPTH:
+        return
+    text = _STRING.sub(b'""', data) if b'"' in data else data
+    raw = np.frombuffer(text, dtype=np.uint8)
+    brackets = raw[np.isin(raw, _BRACKETS)]
+    depth = np.cumsum(np.where((brackets == ord("[")) | (brackets == ord("{")), 1, -1),
+                      dtype=np.int64)
+    if depth.size and depth.max() > MAX_JSON_DEPTH:
+        raise DataError(f"{where}: JSON nested deeper than {MAX_JSON_DEPTH} levels; an "
+                        'instance needs at most 4 ({"data": {"features": {"values": [...]}}})')
 
 
 def instances_to_matrix(instances: list[Any], name: str, unit: str,
@@ -216,23 +268,44 @@ def _instance(obj: Any, where: str):
         values = _numbers(features["values"], where, "features.values")
         if "keys" not in features:
             return values, None, None
-        keys = _numbers(features["keys"], where, "features.keys").astype(np.int64)
-        shape = features.get("shape")
-        if not (isinstance(shape, list) and len(shape) == 1 and isinstance(shape[0], int)):
-            raise DataError(f"{where}: a sparse instance needs \"shape\": [n_features]")
-        if len(keys) != len(values) or (len(keys) and (keys.min() < 0 or keys.max() >= shape[0])):
-            raise DataError(f"{where}: sparse keys must be one per value and within [0, "
-                            f"{shape[0]})")
-        return values, keys, shape[0]
+        width = _sparse_width(features.get("shape"), where)
+        keys = _keys(features["keys"], where, width)
+        if len(keys) != len(values):
+            raise DataError(f"{where}: a sparse instance has one key per value; got "
+                            f"{len(keys)} keys for {len(values)} values")
+        return values, keys, width
     raise DataError(f'{where}: expected {{"features": [...]}} or '
                     f'{{"data": {{"features": {{"values": [...]}}}}}}')
 
 
 def _numbers(values: Any, where: str, field: str) -> np.ndarray:
+    """float32 values; beyond float32's range they become infinite (refused later, by row)."""
     if not isinstance(values, list) or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
         raise DataError(f"{where}: {field} must be a list of numbers")
-    return np.asarray(values, dtype=np.float32)
+    with np.errstate(over="ignore"):
+        return np.asarray(values, dtype=np.float64).astype(np.float32)
+
+
+def _sparse_width(shape: Any, where: str) -> int:
+    if not (isinstance(shape, list) and len(shape) == 1 and isinstance(shape[0], int)
+            and not isinstance(shape[0], bool)):
+        raise DataError(f"{where}: a sparse instance needs \"shape\": [n_features], one "
+                        "whole number")
+    if not 1 <= shape[0] <= MAX_FEATURES:
+        raise DataError(f"{where}: sparse shape [{shape[0]}] must be between 1 and "
+                        f"{MAX_FEATURES} features")
+    return shape[0]
+
+
+def _keys(keys: Any, where: str, width: int) -> np.ndarray:
+    """Sparse keys as int64, each a whole number in ``[0, width)`` (exact, never via float)."""
+    if not isinstance(keys, list) or not all(
+            isinstance(key, int) and not isinstance(key, bool) and 0 <= key < width
+            for key in keys):
+        raise DataError(f"{where}: features.keys must be whole numbers within [0, {width}), "
+                        "the sparse shape")
+    return np.asarray(keys, dtype=np.int64)
 
 
 def _sparse_rows(rows, name: str, unit: str, numbers: list[int]) -> sp.csr_matrix:

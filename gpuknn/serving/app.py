@@ -11,7 +11,7 @@
     A gpuknn extension: the model's settings and its sorted classes (the order of
     ``probabilities``).
 
-Every client error is answered with its status (400, 406, 413, 415) and a short
+Every client error is answered with its status (400, 406, 408, 413, 415) and a short
 JSON body ``{"error": "..."}``; an internal fault with 500 and the traceback only in
 the log. The model loads in a background thread, so the socket accepts at once.
 """
@@ -32,7 +32,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gpuknn import _version
-from gpuknn.errors import ClientError, PayloadTooLargeError
+from gpuknn.errors import ClientError, PayloadTooLargeError, RequestTimeoutError
 from gpuknn.model import KNNModel
 from gpuknn.serving import formats
 from gpuknn.serving.batching import MicroBatcher
@@ -40,6 +40,8 @@ from gpuknn.serving.batching import MicroBatcher
 log = logging.getLogger("gpuknn.serve")
 
 DEFAULT_MAX_PAYLOAD_MB = 6
+# A body must arrive within SageMaker's 60 s invocation timeout (HTTP 408 after).
+BODY_TIMEOUT_SECONDS = 60.0
 # Bodies larger than this are parsed and answers serialised on a worker thread, so the
 # event loop keeps answering /ping and small requests meanwhile.
 OFFLOAD_BYTES = 64 << 10
@@ -59,7 +61,10 @@ class ServeSettings:
     max_wait_ms : float
         Longest wait for requests still being read before a batch starts.
     max_payload_mb : float
-        Larger request bodies get 413.
+        Larger request bodies get 413, and so do gzip bodies inflating past it.
+    body_timeout_s : float
+        A body not received within this many seconds gets 408 (SageMaker's invocation
+        timeout is 60 s).
     load_in_background : bool
         Accept connections at once and answer /ping with 503 until the model is loaded
         (one worker); False loads before accepting, so that several workers sharing a
@@ -71,6 +76,7 @@ class ServeSettings:
     max_batch_rows: int = 4096
     max_wait_ms: float = 2.0
     max_payload_mb: float = DEFAULT_MAX_PAYLOAD_MB
+    body_timeout_s: float = BODY_TIMEOUT_SECONDS
     load_in_background: bool = True
 
 
@@ -173,12 +179,18 @@ async def _invoke(state: _State, request: Request) -> Response:
     output = formats.parse_accept(request.headers.get("accept"))
     batcher = state.batcher
     with batcher.arriving():
-        body = await _read_body(request, state.settings.max_payload_mb)
-        decode = (formats.decode_request, body, content_type, state.model.feature_dim)
+        body = await _read_body(request, state.settings)
+        decode = (formats.decode_request, body, content_type, state.model.feature_dim,
+                  _request_limits(state))
         rows = await _maybe_offload(len(body), *decode)
     answer = await batcher.answer(rows)
     payload = await _maybe_offload(len(body), formats.encode_response, answer, output)
     return Response(payload, media_type=output.media_type)
+
+
+def _request_limits(state: _State) -> formats.RequestLimits:
+    return formats.RequestLimits.for_model(state.model,
+                                           int(state.settings.max_payload_mb * (1 << 20)))
 
 
 async def _maybe_offload(size: int, function, *args):
@@ -187,18 +199,29 @@ async def _maybe_offload(size: int, function, *args):
     return function(*args)
 
 
-async def _read_body(request: Request, max_payload_mb: float) -> bytes:
+async def _read_body(request: Request, settings: ServeSettings) -> bytes:
+    """The body, refused past the payload limit (413) or after the body timeout (408)."""
+    max_payload_mb = settings.max_payload_mb
     limit = int(max_payload_mb * (1 << 20))
     declared = request.headers.get("content-length", "")
     too_large = f"the request body is over the {max_payload_mb:g} MB payload limit"
     if declared.isdigit() and int(declared) > limit:
         raise PayloadTooLargeError(f"{too_large} ({int(declared)} bytes)")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLargeError(too_large)
-        chunks.append(chunk)
+    chunks: list[bytes] = []
+
+    async def receive() -> None:
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLargeError(too_large)
+            chunks.append(chunk)
+
+    try:
+        await asyncio.wait_for(receive(), settings.body_timeout_s)
+    except TimeoutError:
+        raise RequestTimeoutError(f"the request body did not arrive within "
+                                  f"{settings.body_timeout_s:g} s") from None
     return b"".join(chunks)
 
 
@@ -235,5 +258,5 @@ def _model_info(state: _State):
 
 
 def _error(status: int, message: str) -> Response:
-    headers = {"Connection": "close"} if status == 413 else None
+    headers = {"Connection": "close"} if status in (408, 413) else None
     return JSONResponse({"error": message}, status_code=status, headers=headers)

@@ -23,10 +23,17 @@ import numpy as np
 import scipy.sparse as sp
 
 from gpuknn import io as data_io
-from gpuknn.errors import ClientError, DataError, NotAcceptableError, UnsupportedMediaTypeError
+from gpuknn.errors import (
+    ClientError,
+    DataError,
+    NotAcceptableError,
+    PayloadTooLargeError,
+    UnsupportedMediaTypeError,
+)
 from gpuknn.io._record import messages
+from gpuknn.io.limits import InflateLimit
 from gpuknn.io.recordio import frame
-from gpuknn.model import Answer
+from gpuknn.model import Answer, KNNModel
 
 OUTPUT_TYPES = (data_io.JSON, data_io.JSONLINES, data_io.RECORDIO)
 _OUTPUT_ALIASES = {"*/*": data_io.JSON, "application/*": data_io.JSON,
@@ -35,6 +42,54 @@ _OUTPUT_ALIASES = {"*/*": data_io.JSON, "application/*": data_io.JSON,
                    "application/json-lines": data_io.JSONLINES}
 _GZIP_MAGIC = b"\x1f\x8b"
 _INT32_MAX = np.iinfo(np.int32).max
+# A request's rows and its answer may take this many times the payload limit in memory.
+ANSWER_BUDGET_FACTOR = 8
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """What one request may cost the server.
+
+    Attributes
+    ----------
+    max_payload_bytes : int
+        The body, and the body once inflated if it is gzip.
+    k : int
+        Neighbours per row (the answer's width).
+    n_classes : int
+        Vote shares per row (0 for a regressor).
+    """
+
+    max_payload_bytes: int
+    k: int
+    n_classes: int = 0
+
+    @classmethod
+    def for_model(cls, model: KNNModel, max_payload_bytes: int) -> RequestLimits:
+        """The limits of requests to ``model``."""
+        voting = model.classes_ is not None and model.predictor_type == "classifier"
+        return cls(max_payload_bytes, model.k, len(model.classes_) if voting else 0)
+
+    @property
+    def budget_bytes(self) -> int:
+        """Memory for the decoded rows and their answer: ANSWER_BUDGET_FACTOR x the limit."""
+        return ANSWER_BUDGET_FACTOR * self.max_payload_bytes
+
+    def check_rows(self, n_rows: int, feature_dim: int) -> None:
+        """Refuse (413) a request whose dense rows and answer would pass the budget.
+
+        Each row costs ``4 (feature_dim + 4 k + n_classes)`` bytes: its float32 features,
+        and per neighbour a distance, a label and an 8-byte id, plus its vote shares.
+        A sparse body can name many rows in few bytes; this stops it before densifying.
+        """
+        per_row = 4 * (feature_dim + 4 * self.k + self.n_classes)
+        if n_rows * per_row <= self.budget_bytes:
+            return
+        raise PayloadTooLargeError(
+            f"the request's {n_rows} rows need about {n_rows * per_row / 2**20:.0f} MiB to "
+            f"answer (4 bytes x (features + 4 k + classes) per row), over this server's "
+            f"{self.budget_bytes / 2**20:.0f} MiB ({ANSWER_BUDGET_FACTOR}x the payload limit); "
+            f"send at most {self.budget_bytes // per_row} rows per request")
 
 
 @dataclass(frozen=True)
@@ -99,7 +154,8 @@ def _verbose(value: str) -> bool:
 
 
 # -- requests --------------------------------------------------------------------------------
-def decode_request(body: bytes, content_type: str | None, feature_dim: int) -> np.ndarray:
+def decode_request(body: bytes, content_type: str | None, feature_dim: int,
+                   limits: RequestLimits | None = None) -> np.ndarray:
     """The query rows of a request body, checked against the model.
 
     Parameters
@@ -109,6 +165,8 @@ def decode_request(body: bytes, content_type: str | None, feature_dim: int) -> n
         The request's ``Content-Type`` header.
     feature_dim : int
         Features the model expects per row.
+    limits : RequestLimits, optional
+        Bounds on the inflated body and on the rows (413 beyond them).
 
     Returns
     -------
@@ -121,6 +179,8 @@ def decode_request(body: bytes, content_type: str | None, feature_dim: int) -> n
         Missing or unknown content type (HTTP 415).
     DataError
         Empty or malformed body, wrong feature count, NaN or infinite values (HTTP 400).
+    PayloadTooLargeError
+        A gzip body inflating past the payload limit, or rows past the budget (HTTP 413).
     """
     kind, parameters = check_content_type(content_type)
     if not body:
@@ -128,7 +188,13 @@ def decode_request(body: bytes, content_type: str | None, feature_dim: int) -> n
     label_size = label_size_of(parameters)
     X = _fast_csv(body) if kind == data_io.CSV and label_size == 0 else None
     if X is None:
-        X, _ = data_io.read(_Body(body), kind, label_size=label_size)
+        inflate = None if limits is None else InflateLimit.for_body(limits.max_payload_bytes)
+        X, _ = data_io.read(_Body(body), kind, label_size=label_size, inflate=inflate)
+    if X.shape[1] != feature_dim:
+        raise DataError(f"request body: rows have {X.shape[1]} features; the model expects "
+                        f"{feature_dim}")
+    if limits is not None:
+        limits.check_rows(X.shape[0], feature_dim)
     return check_rows(X, feature_dim)
 
 

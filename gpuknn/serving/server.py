@@ -10,6 +10,12 @@ workers through the page cache.
 SIGTERM (SageMaker's stop) makes uvicorn stop accepting connections, finish the
 requests in flight (up to :data:`GRACEFUL_SECONDS`, inside SageMaker's 30 s before
 SIGKILL), answer what the batcher holds, and exit 0.
+
+A model that cannot serve ends the server with exit 1 and a one-line reason, whatever
+the worker count: with several workers the parent checks the whole model first
+(:func:`gpuknn.model_io.verify`), and a worker that still fails to load (a device out
+of memory, say) writes its reason to a file the parent named and stops the parent,
+which then exits 1 with that reason.
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ import json
 import logging
 import os
 import signal
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
@@ -54,7 +62,7 @@ def auto_workers(settings: ServeSettings) -> int:
         return 1
     cores = _backend.usable_cores()
     per_worker = 3 * _size_on_disk(Path(settings.model_path))
-    available = _available_memory()
+    available = _backend.available_memory()
     fits = cores if available is None or per_worker == 0 else int(available // 2 // per_worker)
     return max(1, min(cores, fits))
 
@@ -63,16 +71,6 @@ def _size_on_disk(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(item.stat().st_size for item in path.glob("*") if item.is_file())
-
-
-def _available_memory() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
 
 
 def serve(settings: ServeSettings, *, host: str = "0.0.0.0", port: int | None = None,
@@ -101,16 +99,7 @@ def serve(settings: ServeSettings, *, host: str = "0.0.0.0", port: int | None = 
     options = {"host": host, "port": port, "access_log": access_log, "log_level": "info",
                "timeout_graceful_shutdown": GRACEFUL_SECONDS, "lifespan": "on"}
     if workers > 1:
-        try:  # each worker loads the model itself; a broken one should stop us here, once
-            model_io.verify(settings.model_path)
-        except ClientError as err:
-            log.error("gpuknn serve stopped: could not load the model: %s", err)
-            return 1
-        settings = dataclasses.replace(settings, load_in_background=False)
-        os.environ[_SETTINGS_VARIABLE] = json.dumps(dataclasses.asdict(settings))
-        uvicorn.run("gpuknn.serving.server:app_from_environment", factory=True,
-                    workers=workers, **options)
-        return 0
+        return _serve_workers(settings, workers, options)
     failure: list[str] = []
     server: uvicorn.Server | None = None
 
@@ -126,7 +115,42 @@ def serve(settings: ServeSettings, *, host: str = "0.0.0.0", port: int | None = 
     return 0
 
 
+def _serve_workers(settings: ServeSettings, workers: int, options: dict[str, Any]) -> int:
+    """Several worker processes on one socket (uvicorn's supervisor); the exit code."""
+    try:  # each worker loads the model itself; a broken one should stop us here, once
+        model_io.verify(settings.model_path)
+    except ClientError as err:
+        log.error("gpuknn serve stopped: could not load the model: %s", err)
+        return 1
+    settings = dataclasses.replace(settings, load_in_background=False)
+    handle, failure_file = tempfile.mkstemp(prefix="gpuknn-serve-", suffix=".failure")
+    os.close(handle)
+    os.environ[_SETTINGS_VARIABLE] = json.dumps({
+        "settings": dataclasses.asdict(settings), "failure_file": failure_file,
+        "supervisor": os.getpid()})
+    try:
+        uvicorn.run("gpuknn.serving.server:app_from_environment", factory=True,
+                    workers=workers, **options)
+        reason = Path(failure_file).read_text().strip()
+    finally:
+        Path(failure_file).unlink(missing_ok=True)
+    if reason:
+        log.error("gpuknn serve stopped: %s", " ".join(reason.split()))
+        return 1
+    return 0
+
+
 def app_from_environment():
-    """The application of one worker process, from the settings its parent stored."""
-    settings = ServeSettings(**json.loads(os.environ[_SETTINGS_VARIABLE]))
-    return create_app(settings)
+    """The application of one worker process, from the settings its parent stored.
+
+    A worker that cannot load the model writes the reason where the parent reads it
+    and sends the parent SIGTERM, which stops every worker.
+    """
+    stored = json.loads(os.environ[_SETTINGS_VARIABLE])
+    settings = ServeSettings(**stored["settings"])
+
+    def stop_the_server(reason: str) -> None:
+        Path(stored["failure_file"]).write_text(reason)
+        os.kill(stored["supervisor"], signal.SIGTERM)
+
+    return create_app(settings, stop_the_server)

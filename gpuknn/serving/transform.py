@@ -53,6 +53,9 @@ class TransformJob:
         Output format, as an ``Accept`` header (``verbose=true`` allowed).
     batch_rows : int
         Rows per search batch when splitting.
+    max_payload_mb : float
+        With split type ``None`` a whole file is one request, held to this limit like
+        SageMaker's ``MaxPayloadInMB`` (default 6), before and after gzip inflation.
     """
 
     input: Path
@@ -61,6 +64,7 @@ class TransformJob:
     split_type: str | None = None
     accept: str = data_io.JSONLINES
     batch_rows: int = 4096
+    max_payload_mb: float = 6.0
 
 
 @dataclass
@@ -138,7 +142,7 @@ def _transform_file(model: KNNModel, source: Path, target: Path, job: TransformJ
     rows = 0
     try:
         with open(partial, "wb") as handle:
-            for X in _batches(source, job, split, model.feature_dim):
+            for X in _batches(source, job, split, model):
                 answer = model.answer(X)
                 handle.write(formats.encode_response(answer, output))
                 if output.media_type != data_io.RECORDIO:
@@ -150,15 +154,32 @@ def _transform_file(model: KNNModel, source: Path, target: Path, job: TransformJ
     return rows
 
 
+def _whole_file(source: Path, max_payload_mb: float) -> bytes:
+    """A file read whole as one request, refused past the payload limit."""
+    limit = int(max_payload_mb * (1 << 20))
+    with open(source, "rb") as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise DataError(f"{source}: over the {max_payload_mb:g} MB payload limit of split type "
+                        "None (one request per file); split it by Line or RecordIO, or raise "
+                        "--max-payload-mb")
+    return data
+
+
 def _batches(source: Path, job: TransformJob, split: str,
-             feature_dim: int) -> Iterator[np.ndarray]:
+             model: KNNModel) -> Iterator[np.ndarray]:
     if split == "None":
-        yield formats.decode_request(source.read_bytes(), job.content_type, feature_dim)
+        limits = formats.RequestLimits.for_model(model, int(job.max_payload_mb * (1 << 20)))
+        try:
+            yield formats.decode_request(_whole_file(source, job.max_payload_mb),
+                                         job.content_type, model.feature_dim, limits)
+        except ClientError as err:  # the decoder names "request body": name the file
+            raise type(err)(str(err).replace("request body", str(source), 1)) from None
         return
     kind, parameters = formats.check_content_type(job.content_type)
     label_size = formats.label_size_of(parameters)
     first_row = 0
     for X, _ in data_io.iter_batches(source, kind, batch_size=job.batch_rows,
                                      label_size=label_size):
-        yield formats.check_rows(X, feature_dim, where=f"{source}", first_row=first_row)
+        yield formats.check_rows(X, model.feature_dim, where=f"{source}", first_row=first_row)
         first_row += X.shape[0]
