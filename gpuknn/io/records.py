@@ -142,7 +142,8 @@ def _values(payloads: np.ndarray, start: int, end: int, dtype: str, width: int) 
     """The values as float32, in one copy from a strided typed view of the payload bytes."""
     if start == end:
         return np.empty((payloads.shape[0], 0), dtype=np.float32)
-    return payloads[:, start:end].view(dtype).astype(np.float32)
+    with np.errstate(over="ignore"):  # float64 beyond float32: infinite, refused by row later
+        return payloads[:, start:end].view(dtype).astype(np.float32)
 
 
 # -- the general path ------------------------------------------------------------------------
@@ -204,7 +205,8 @@ def _assemble_labels(labels: list[float | None], wheres: list[str]) -> np.ndarra
         return None
     if missing:
         raise DataError(f"{wheres[missing[0]]}: the record has no label, but other records do")
-    return np.asarray(labels, dtype=np.float32)
+    with np.errstate(over="ignore"):
+        return np.asarray(labels, dtype=np.float32)
 
 
 def _assemble(rows) -> np.ndarray | sp.csr_matrix:
