@@ -9,7 +9,7 @@ searched, and the neighbours' labels are turned into predictions.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -61,6 +61,10 @@ class Preparation:
         return xp.ascontiguousarray(X, dtype=xp.float32)
 
 
+# Queries per pass of KNNModel.answer (bounds its working memory, not its result).
+ANSWER_CHUNK_ROWS = 8192
+
+
 @dataclass(frozen=True)
 class Answer:
     """The result of one search, as :meth:`KNNModel.answer` returns it (host arrays).
@@ -84,6 +88,21 @@ class Answer:
     ids: np.ndarray
     labels: np.ndarray | None
     probabilities: np.ndarray | None
+
+    def allocate(self, n_rows: int) -> Answer:
+        """An empty answer for ``n_rows`` queries with this one's fields, dtypes and widths."""
+        return Answer(**{field.name: None if value is None else
+                         np.empty((n_rows, *value.shape[1:]), dtype=value.dtype)
+                         for field, value in self._items()})
+
+    def fill(self, start: int, part: Answer) -> None:
+        """Copy ``part``, the answer of queries ``start`` onwards, into this one."""
+        for field, value in part._items():
+            if value is not None:
+                getattr(self, field.name)[start:start + len(value)] = value
+
+    def _items(self):
+        return [(field, getattr(self, field.name)) for field in fields(self)]
 
     def rows(self, selection: slice) -> Answer:
         """The answer for a contiguous run of the queries."""
@@ -212,6 +231,9 @@ class KNNModel:
     def answer(self, X: ArrayLike) -> Answer:
         """Everything one search says about the queries: what the server's verbose mode returns.
 
+        Queries are answered :data:`ANSWER_CHUNK_ROWS` at a time, so that the search's and
+        the vote's working arrays stay the size of a chunk whatever the number of queries.
+
         Parameters
         ----------
         X : array of shape (n_queries, feature_dim)
@@ -221,6 +243,17 @@ class KNNModel:
         Answer
             Host (numpy) arrays, whatever the device.
         """
+        n_rows = len(X)
+        first = self._answer(X[:ANSWER_CHUNK_ROWS])
+        if n_rows <= ANSWER_CHUNK_ROWS:
+            return first
+        whole = first.allocate(n_rows)
+        whole.fill(0, first)
+        for start in range(ANSWER_CHUNK_ROWS, n_rows, ANSWER_CHUNK_ROWS):
+            whole.fill(start, self._answer(X[start:start + ANSWER_CHUNK_ROWS]))
+        return whole
+
+    def _answer(self, X: ArrayLike) -> Answer:
         distances, positions = self._search(X, self.k)
         host = _backend.to_host
         labelled = self.labels is not None

@@ -266,3 +266,16 @@ def test_training_source_without_labels_is_refused(tmp_path, digits):
     # In-memory arrays without y stay allowed: an index for kneighbors only.
     assert KNN(k=3, predictor_type="classifier", sample_size=100, device="cpu").fit(X).kneighbors(
         Q[:2])[1].shape == (2, 3)
+
+
+def test_answer_in_chunks_equals_one_pass(letter, monkeypatch):
+    """KNNModel.answer works ANSWER_CHUNK_ROWS queries at a time: the same arrays."""
+    from gpuknn import model as model_module
+
+    X, y, Q, _ = letter
+    model = KNN(k=4, predictor_type="classifier", sample_size=3000).fit(X[:3000], y[:3000]).model
+    whole = model.answer(Q[:500])
+    monkeypatch.setattr(model_module, "ANSWER_CHUNK_ROWS", 64)
+    chunked = model.answer(Q[:500])
+    for name in ("predicted_label", "distances", "ids", "labels", "probabilities"):
+        np.testing.assert_array_equal(getattr(chunked, name), getattr(whole, name), name)

@@ -300,6 +300,46 @@ def read_until_closed(sock: socket.socket) -> bytes:
     return b"".join(parts)
 
 
+def test_worker_memory_stays_bounded_under_the_worst_bodies(model_dir, tmp_path, letter):
+    """The worst bodies one after another, each at the 6 MB limit or inflating past it: the
+    worker's peak resident set grows by at most WORST_FACTOR x the payload limit.
+
+    Measured on the 2-core CI box (MiB of peak growth): gzip bomb 10, 10**6 columns 41,
+    210,000 empty sparse rows 66, deep JSON 66, a 200 MiB chunked upload 66, and the
+    largest legitimate bodies: 5.5 MB of JSON 109, 6 MB of CSV (161,000 rows) 109. JSON
+    costs the most: Python's parser makes an object per number.
+    """
+    server = Server(["--model", str(model_dir), "--max-payload-mb", str(PAYLOAD_MB)],
+                    tmp_path / "serve.log").wait_ready()
+    try:
+        warm = b"".join(b",".join(b"%g" % v for v in row) + b"\n" for row in letter[0][:2000])
+        assert invoke(server.port, warm, "text/csv")[0] == 200
+        before = peak_rss(server.process.pid)
+        row_json = b'{"features": [' + b", ".join([b"0.5"] * 16) + b"]}"
+        row_csv = b",".join(b"%d" % v for v in range(1, 17))
+        bodies = [
+            (gzip.compress(b"0," * (150 * MIB), 9), "text/csv", 413),
+            (b",".join([b"1"] * 1_000_000), "text/csv", 400),
+            (sparse_record([], [], [16]) * 210_000, RECORDIO, 413),
+            (b'{"instances": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "application/json", 400),
+            (b'{"instances": [' + b", ".join([row_json] * 60_000) + b"]}", "application/json",
+             200),
+            (b"\n".join([row_csv] * 161_000), "text/csv", 200),
+        ]
+        for body, content_type, status in bodies:
+            assert len(body) <= PAYLOAD_MB * MIB
+            assert invoke(server.port, body, content_type)[0] == status
+        assert _chunked_post(server.port, (b"1," * 8191 + b"1\n" for _ in range(12_800))) == 413
+        grown = peak_rss(server.process.pid) - before
+        assert grown <= WORST_FACTOR * PAYLOAD_MB * MIB, f"grew by {grown / MIB:.0f} MiB"
+        assert request(server.port, "GET", "/ping")[0] == 200
+    finally:
+        assert server.stop() == 0
+
+
+WORST_FACTOR = 24
+
+
 def test_a_million_columns(server):
     body = b",".join([b"1"] * 1_000_000)
     refused(server, body, "text/csv", 400, "1000000 features; the model expects 16")

@@ -42,6 +42,7 @@ _OUTPUT_ALIASES = {"*/*": data_io.JSON, "application/*": data_io.JSON,
                    "application/json-lines": data_io.JSONLINES}
 _GZIP_MAGIC = b"\x1f\x8b"
 _INT32_MAX = np.iinfo(np.int32).max
+ENCODE_CHUNK_ROWS = 4096
 # A request's rows and its answer may take this many times the payload limit in memory.
 ANSWER_BUDGET_FACTOR = 8
 
@@ -294,10 +295,15 @@ def encode_response(answer: Answer, output: OutputFormat) -> bytes:
     """
     if output.media_type == data_io.RECORDIO:
         return b"".join(_records(answer, output.verbose))
-    rows = _json_rows(answer, output.verbose)
+    separator = b"\n" if output.media_type == data_io.JSONLINES else b", "
+    # Rows are formatted a chunk at a time: the text temporaries stay a chunk's size.
+    chunks = [separator.join(row.encode() for row in _json_rows(
+        answer.rows(slice(start, start + ENCODE_CHUNK_ROWS)), output.verbose))
+        for start in range(0, len(answer.distances), ENCODE_CHUNK_ROWS)]
+    rows = separator.join(chunks)
     if output.media_type == data_io.JSONLINES:
-        return "\n".join(rows).encode()
-    return ('{"predictions": [' + ", ".join(rows) + "]}").encode()
+        return rows
+    return b'{"predictions": [' + rows + b"]}"
 
 
 def _fields(answer: Answer, verbose: bool) -> dict[str, np.ndarray]:
