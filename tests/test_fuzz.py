@@ -195,7 +195,7 @@ def _written(data: bytes, path: Path) -> Path:
 
 # -- saved failures ----------------------------------------------------------------------------
 def saved_cases() -> list[Path]:
-    return sorted(REGRESSIONS.glob("*")) if REGRESSIONS.is_dir() else []
+    return sorted(REGRESSIONS.glob("*.bin")) if REGRESSIONS.is_dir() else []
 
 
 @pytest.mark.parametrize("case", saved_cases(), ids=lambda path: path.name)

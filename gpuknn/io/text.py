@@ -100,8 +100,9 @@ def _parse_block(block: bytes, name: str, line: int, label_size: int, n_cols: in
     try:
         import pandas as pd  # noqa: PLC0415 - loaded only for CSV
 
-        table = pd.read_csv(io.BytesIO(block), header=None, dtype=np.float32, engine="c",
-                            na_filter=False, skip_blank_lines=False).to_numpy(np.float32)
+        with np.errstate(over="ignore"):  # beyond float32: infinite, refused by row later
+            table = pd.read_csv(io.BytesIO(block), header=None, dtype=np.float32, engine="c",
+                                na_filter=False, skip_blank_lines=False).to_numpy(np.float32)
     except (ValueError, TypeError):
         _locate_bad_cell(block, name, line)
     labels = table[:, 0].copy() if label_size else None
