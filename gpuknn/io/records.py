@@ -142,7 +142,8 @@ def _values(payloads: np.ndarray, start: int, end: int, dtype: str, width: int) 
     """The values as float32, in one copy from a strided typed view of the payload bytes."""
     if start == end:
         return np.empty((payloads.shape[0], 0), dtype=np.float32)
-    with np.errstate(over="ignore"):  # float64 beyond float32: infinite, refused by row later
+    # float64 beyond float32 becomes infinite (refused by row later), NaN stays NaN
+    with np.errstate(over="ignore", invalid="ignore"):
         return payloads[:, start:end].view(dtype).astype(np.float32)
 
 
@@ -186,7 +187,7 @@ def decode_payloads(payloads: list[bytes], wheres: list[str]) -> Decoded:
 
 def _float32(values) -> np.ndarray:
     """Tensor values as float32; float64 beyond its range becomes infinite (refused later)."""
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore", invalid="ignore"):
         return np.asarray(values, dtype=np.float64).astype(np.float32)
 
 
@@ -205,7 +206,7 @@ def _assemble_labels(labels: list[float | None], wheres: list[str]) -> np.ndarra
         return None
     if missing:
         raise DataError(f"{wheres[missing[0]]}: the record has no label, but other records do")
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore", invalid="ignore"):
         return np.asarray(labels, dtype=np.float32)
 
 

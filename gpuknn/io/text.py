@@ -100,7 +100,8 @@ def _parse_block(block: bytes, name: str, line: int, label_size: int, n_cols: in
     try:
         import pandas as pd  # noqa: PLC0415 - loaded only for CSV
 
-        with np.errstate(over="ignore"):  # beyond float32: infinite, refused by row later
+        # beyond float32: infinite, refused by row later
+        with np.errstate(over="ignore", invalid="ignore"):
             table = pd.read_csv(io.BytesIO(block), header=None, dtype=np.float32, engine="c",
                                 na_filter=False, skip_blank_lines=False).to_numpy(np.float32)
     except (ValueError, TypeError):
@@ -284,7 +285,7 @@ def _numbers(values: Any, where: str, field: str) -> np.ndarray:
     if not isinstance(values, list) or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
         raise DataError(f"{where}: {field} must be a list of numbers")
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore", invalid="ignore"):
         return np.asarray(values, dtype=np.float64).astype(np.float32)
 
 
