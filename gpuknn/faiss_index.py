@@ -190,13 +190,27 @@ def _untrained_index(faiss: ModuleType, shape: tuple[int, int], *, index_type: s
             raise DataError(f"faiss.IVFPQ needs at least {2**PQ_BITS} sampled rows to train "
                             f"its codebooks; got {n_base}. Use faiss.IVFFlat or faiss.Flat")
         index = faiss.IndexIVFPQ(quantizer, dim, nlists, pq_m, PQ_BITS, mtype)
-        index.pq.cp.seed = seed
+        _quiet_kmeans(index.pq.cp, seed, n_base, 2**PQ_BITS, f"each of the {pq_m} PQ codebooks")
     else:
         index = faiss.IndexIVFFlat(quantizer, dim, nlists, mtype)
-    index.cp.seed = seed
+    _quiet_kmeans(index.cp, seed, n_base, nlists, "the IVF lists")
     index.own_fields = True
     quantizer.this.disown()
     return index
+
+
+# faiss's k-means warns (on stderr, once per codebook) below this many points per centroid.
+KMEANS_POINTS_PER_CENTROID = 39
+
+
+def _quiet_kmeans(params: Any, seed: int, n_points: int, n_centroids: int, what: str) -> None:
+    """Seed a k-means and replace faiss's repeated stderr warning about few training points
+    with one log line (the training itself is unchanged: the threshold only warns)."""
+    params.seed = seed
+    if n_points < KMEANS_POINTS_PER_CENTROID * n_centroids:
+        log.info("training %s on %d rows, fewer than the %d per centroid that faiss advises "
+                 "for %d centroids", what, n_points, KMEANS_POINTS_PER_CENTROID, n_centroids)
+    params.min_points_per_centroid = 1
 
 
 def _gpu_usable(faiss: ModuleType, nprobe: int) -> bool:

@@ -16,17 +16,26 @@ from gpuknn.benchmark.presets import Dataset
 from gpuknn.datasets.synthetic import clustered
 
 FIELDS = {"dataset", "engine", "index", "device", "settings", "k", "build_s", "queries_per_s",
-          "search_s", "recall", "peak_host_mib_added", "latency", "accuracy", "environment"}
+          "search_s", "recall", "peak_host_mib_added", "latency", "accuracy", "environment",
+          "throughput"}
+
+
+def bench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gpuknn.cli", "bench", *args],
+                          capture_output=True, text=True, timeout=300, check=False)
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    result = subprocess.run([sys.executable, "-m", "gpuknn.cli", "bench", "--preset", "tiny",
-                             "--latency-budget", "0.1", "--out", str(out)],
-                            capture_output=True, text=True, timeout=300, check=False)
+    result = bench("--preset", "tiny", "--latency-budget", "0.1", "--min-time", "0.2",
+                   "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
-    return out
+    folders = list(out.iterdir())
+    assert len(folders) == 1 and folders[0].name.startswith("tiny-")
+    assert f"results in {folders[0]}/" in result.stdout
+    assert "WARNING" not in result.stdout + result.stderr  # faiss's k-means warnings
+    return folders[0]
 
 
 def test_tiny_preset_writes_every_output(tiny_run):
@@ -40,7 +49,10 @@ def test_tiny_preset_writes_every_output(tiny_run):
         assert FIELDS <= set(row), FIELDS - set(row)
         assert 0.0 <= row["recall"] <= 1.0 and 0.0 <= row["accuracy"] <= 1.0
         assert row["queries_per_s"] > 0 and row["build_s"] >= 0
-        assert set(row["latency"]) == {"1", "64", "4096"}
+        assert set(row["latency"]) == {"1", "64", "500"}  # 4096 capped at the 500 queries
+        assert row["throughput"]["samples"] >= 5
+        assert row["throughput"]["q1"] <= row["queries_per_s"] <= row["throughput"]["q3"]
+        assert ("gpuknn_ratio" in row) == (row["engine"] != "gpuknn")
         assert row["dataset"] == {"name": "tiny", "n_base": 5000, "dim": 32, "n_queries": 500,
                                   "labelled": True}
         assert {"cpu", "cores", "blas", "versions"} <= set(row["environment"])
@@ -48,6 +60,7 @@ def test_tiny_preset_writes_every_output(tiny_run):
     assert all(row["recall"] == 1.0 for row in exact)  # exact engines find exact neighbours
     table = (tiny_run / "results.md").read_text()
     assert table.count("\n| ") == len(rows) + 1  # the header and one row per setting
+    assert "p50 / p99 ms, 500 queries" in table and "4,096" not in table
 
 
 def test_tiny_preset_draws_both_plots(tiny_run):
@@ -81,3 +94,66 @@ def test_faiss_peer_pads_for_pq_like_gpuknn(rng):
     peer = engines.Faiss("faiss.IVFPQ", {"nlists": 8, "nprobe": 8, "pq_m": 8})
     peer.build(data.X)  # 54 is not a multiple of 8: padded to 56, as gpuknn pads
     assert peer.search(data.Q, 5).shape == (20, 5)
+
+
+def test_bad_options_fail_at_once_with_every_problem(tmp_path):
+    """Before any work: no index is built, no folder written, no traceback."""
+    result = bench("--preset", "tiny", "--k", "0", "--index-type", "faiss.HNSW",
+                   "--peers", "faiss,annoy", "--min-time", "-1", "--out", str(tmp_path / "o"))
+    assert result.returncode == 2
+    assert "4 invalid options:" in result.stderr
+    for needle in ("--k must be an integer in [1, 2048]; got 0", "--index-type faiss.HNSW",
+                   "--peers annoy", "--min-time must be a positive number"):
+        assert needle in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "o").exists()
+    assert "exact neighbours" not in result.stdout
+
+
+def test_k_above_the_rows_is_named(tmp_path):
+    data = tmp_path / "small.csv"
+    data.write_text("".join(f"{i % 2},{i},{i * 2}\n" for i in range(30)))
+    result = bench("--data", str(data), "--k", "40", "--out", str(tmp_path / "o"))
+    assert result.returncode == 2
+    assert "--k is 40 but the data has only 29 base rows" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "o").exists()
+
+
+def test_missing_peers_and_reruns_are_said(tmp_path, monkeypatch):
+    from gpuknn.benchmark import runner
+
+    monkeypatch.setattr(engines, "available", lambda peer: peer == "faiss")
+    args = runner.argparse.Namespace(index_type="all", peers="sklearn,faiss,hnswlib")
+    import contextlib
+    import io
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        index_types, peers = runner._available(args)
+    assert peers == ["faiss"] and index_types == engines.INDEX_TYPES
+    assert "skipping the sklearn peer: not installed (pip install 'gpuknn[bench]'" in \
+        printed.getvalue()
+    assert "skipping the hnswlib peer" in printed.getvalue()
+    first, second = runner._run_folder(tmp_path, "tiny"), runner._run_folder(tmp_path, "tiny")
+    assert first != second and first.is_dir() and second.is_dir()
+
+
+def test_gpuknn_and_faiss_share_a_colour_per_index():
+    from gpuknn.benchmark import report
+
+    for index in engines.INDEX_TYPES:
+        mine = report._style({"engine": "gpuknn", "index": index})
+        theirs = report._style({"engine": "faiss", "index": index})
+        assert mine[0] == theirs[0] and mine[1] != theirs[1]
+    colours = {report._style({"engine": "gpuknn", "index": i})[0] for i in engines.INDEX_TYPES}
+    assert len(colours) == len(engines.INDEX_TYPES)
+
+
+def test_summaries_and_paired_ratios():
+    stats = measure.summary([10.0, 11.0, 12.0, 13.0, 100.0])
+    assert stats["median"] == 12.0 and stats["q1"] == 11.0 and stats["q3"] == 13.0
+    assert stats["spread"] == pytest.approx(2 / 12)
+    # a machine that halves its speed in round 3 moves both engines: the ratio holds
+    ratio = measure.paired_ratio([20.0, 20.0, 10.0, 10.0], [10.0, 10.0, 5.0, 5.0])
+    assert ratio["median"] == 2.0 and ratio["spread"] == 0.0
+    assert measure.batch_sizes(500) == [1, 64, 500]
+    assert measure.batch_sizes(10) == [1, 10]

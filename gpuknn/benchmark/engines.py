@@ -120,6 +120,7 @@ class Faiss(Engine):
                 self.faiss_index = faiss.IndexIVFFlat(quantizer, dim, nlists)
             self.faiss_index.own_fields = True
             quantizer.this.disown()
+            _quiet(self.faiss_index)
             self.faiss_index.train(X)
             self.faiss_index.nprobe = self.settings["nprobe"]
         self.faiss_index.add(X)
@@ -135,6 +136,14 @@ class Faiss(Engine):
             return X
         width = -(-X.shape[1] // pq_m) * pq_m
         return np.ascontiguousarray(np.pad(X, ((0, 0), (0, width - X.shape[1]))))
+
+
+def _quiet(index: Any) -> None:
+    """No stderr warning per k-means about few training points, as in gpuknn's own indexes
+    (the threshold only warns; training is the same)."""
+    index.cp.min_points_per_centroid = 1
+    if hasattr(index, "pq"):
+        index.pq.cp.min_points_per_centroid = 1
 
 
 class Hnswlib(Engine):

@@ -1,10 +1,27 @@
-"""What the harness measures for one engine: build time, throughput, latency, recall,
-accuracy and peak memory."""
+"""What the harness measures: build time, throughput, latency, recall, accuracy and peak
+memory, for every engine of a run.
+
+Throughput is the number a reader compares, so it is timed with care:
+
+- every engine is built first, then timed in **rounds**: each round times every engine
+  once, in a fresh random order, after a short pause that lets the previous engine's
+  thread pools go idle;
+- one timed **sample** repeats the whole query set enough times to last at least
+  :data:`SAMPLE_SECONDS` (one pass of a small set lasts milliseconds: too short to time);
+- rounds go on until every engine has been timed for at least ``min_time_s`` in all,
+  and at least :data:`MIN_ROUNDS` times;
+- the result is the **median** over samples with its interquartile range, and a
+  peer's ratio to gpuknn is the median of the per-round ratios (both measured within
+  seconds of each other, so a machine that slows down mid-run cancels out).
+"""
 
 from __future__ import annotations
 
+import gc
+import math
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +31,12 @@ from gpuknn.benchmark.engines import Engine
 
 BATCH_SIZES = (1, 64, 4096)
 THROUGHPUT_BATCH = 4096
+SAMPLE_SECONDS = 0.05
+MIN_ROUNDS = 5
+MAX_ROUNDS = 200
+SETTLE_SECONDS = 0.02
+# A spread (interquartile range over the median) above this is flagged in the table.
+WIDE_SPREAD = 0.10
 
 
 def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
@@ -77,10 +100,90 @@ def search_all(engine: Engine, Q: np.ndarray, k: int) -> np.ndarray:
                            for s in range(0, len(Q), THROUGHPUT_BATCH)])
 
 
+def build(engine: Engine, data: Any, k: int, exact: np.ndarray) -> dict[str, Any]:
+    """Build one engine and search every query once: build time, recall, accuracy and the
+    memory it added (the throughput comes later, from :func:`interleaved_throughput`)."""
+    with PeakMemory() as memory:
+        began = time.perf_counter()
+        engine.build(data.X)
+        build_s = time.perf_counter() - began
+        if hasattr(engine, "tune"):  # hnswlib: ef to the recall the others reach
+            engine.tune(data.Q[:1000], k, exact[:1000], engine.settings.get("target", 0.95),
+                        recall_at_k)
+        found = search_all(engine, data.Q, k)
+    result = {"engine": engine.engine, "index": engine.index, "device": engine.device,
+              "settings": dict(engine.settings), "k": k, "build_s": build_s,
+              "recall": recall_at_k(found, exact), "peak_host_mib_added": memory.added_mib}
+    if data.labelled:
+        result["accuracy"] = vote_accuracy(found, data.y, data.y_queries)
+    return result
+
+
+def interleaved_throughput(engines: Sequence[Engine], Q: np.ndarray, k: int, *,
+                           min_time_s: float, seed: int = 0,
+                           progress: Any = None) -> list[list[float]]:
+    """Queries per second of every engine, one sample per round, rounds interleaved.
+
+    Returns
+    -------
+    list of list of float
+        For each engine, in order, its queries/s in every round (round ``r`` of every
+        engine was timed within the same few seconds).
+    """
+    passes = [_passes_per_sample(engine, Q, k) for engine in engines]
+    samples: list[list[float]] = [[] for _ in engines]
+    spent = [0.0] * len(engines)
+    order = np.random.default_rng(seed)
+    rounds = 0
+    while rounds < MAX_ROUNDS and (rounds < MIN_ROUNDS or min(spent) < min_time_s):
+        for i in order.permutation(len(engines)):
+            seconds = _timed(engines[i], Q, k, passes[i])
+            samples[i].append(passes[i] * len(Q) / seconds)
+            spent[i] += seconds
+        rounds += 1
+        if progress is not None:
+            progress(rounds, min(spent) / min_time_s)
+    return samples
+
+
+def _passes_per_sample(engine: Engine, Q: np.ndarray, k: int) -> int:
+    """Passes over the query set that make a sample last SAMPLE_SECONDS (a warm pass first)."""
+    search_all(engine, Q, k)
+    began = time.perf_counter()
+    search_all(engine, Q, k)
+    return max(1, math.ceil(SAMPLE_SECONDS / max(time.perf_counter() - began, 1e-9)))
+
+
+def _timed(engine: Engine, Q: np.ndarray, k: int, passes: int) -> float:
+    """Seconds for ``passes`` searches of the whole set, after the machine settles."""
+    gc.collect()
+    time.sleep(SETTLE_SECONDS)  # the previous engine's thread pools go back to sleep
+    began = time.perf_counter()
+    for _ in range(passes):
+        search_all(engine, Q, k)
+    return time.perf_counter() - began
+
+
+def summary(values: Sequence[float]) -> dict[str, float]:
+    """Median, quartiles and relative spread ((q3 - q1) / median) of some samples."""
+    q1, median, q3 = np.percentile(np.asarray(values, dtype=np.float64), [25, 50, 75])
+    return {"median": float(median), "q1": float(q1), "q3": float(q3),
+            "spread": float((q3 - q1) / median) if median else 0.0, "samples": len(values)}
+
+
+def paired_ratio(mine: Sequence[float], theirs: Sequence[float]) -> dict[str, float]:
+    """gpuknn's throughput over a peer's, round by round: the median and its spread."""
+    return summary([a / b for a, b in zip(mine, theirs, strict=True)])
+
+
+def batch_sizes(n_queries: int) -> list[int]:
+    """The latency batch sizes that can run on ``n_queries`` rows (the largest capped)."""
+    return sorted({min(size, n_queries) for size in BATCH_SIZES})
+
+
 def latency(engine: Engine, Q: np.ndarray, k: int, batch: int, *, budget_s: float,
             rng: np.random.Generator) -> dict[str, float]:
-    """p50 and p99 of one call with ``batch`` random queries, within a time budget."""
-    batch = min(batch, len(Q))
+    """p50 and p99 of one call with ``batch`` consecutive queries, within a time budget."""
     times: list[float] = []
     deadline = time.perf_counter() + budget_s
     while len(times) < 5 or (time.perf_counter() < deadline and len(times) < 200):
@@ -93,27 +196,8 @@ def latency(engine: Engine, Q: np.ndarray, k: int, batch: int, *, budget_s: floa
             "calls": len(times)}
 
 
-def measure(engine: Engine, data: Any, k: int, exact: np.ndarray, *,
-            budget_s: float) -> dict[str, Any]:
-    """Build, search every query, time the batch sizes; everything about one engine."""
-    with PeakMemory() as memory:
-        began = time.perf_counter()
-        engine.build(data.X)
-        build_s = time.perf_counter() - began
-        if hasattr(engine, "tune"):  # hnswlib: ef to the recall the others reach
-            engine.tune(data.Q[:1000], k, exact[:1000], engine.settings.get("target", 0.95),
-                        recall_at_k)
-        engine.search(data.Q[:min(len(data.Q), 64)], k)  # warm-up
-        began = time.perf_counter()
-        found = search_all(engine, data.Q, k)
-        search_s = time.perf_counter() - began
+def latencies(engine: Engine, Q: np.ndarray, k: int, *, budget_s: float) -> dict[str, dict]:
+    """:func:`latency` for every batch size that fits the query set, keyed by that size."""
     rng = np.random.default_rng(0)
-    result = {"engine": engine.engine, "index": engine.index, "device": engine.device,
-              "settings": dict(engine.settings), "k": k, "build_s": build_s,
-              "queries_per_s": len(data.Q) / search_s, "search_s": search_s,
-              "recall": recall_at_k(found, exact), "peak_host_mib_added": memory.added_mib,
-              "latency": {str(b): latency(engine, data.Q, k, b, budget_s=budget_s, rng=rng)
-                          for b in BATCH_SIZES}}
-    if data.labelled:
-        result["accuracy"] = vote_accuracy(found, data.y, data.y_queries)
-    return result
+    return {str(size): latency(engine, Q, k, size, budget_s=budget_s, rng=rng)
+            for size in batch_sizes(len(Q))}

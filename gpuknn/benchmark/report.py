@@ -12,6 +12,7 @@ from typing import Any
 from gpuknn import _backend
 from gpuknn._backend import usable_cores
 from gpuknn._version import __version__
+from gpuknn.benchmark.measure import SAMPLE_SECONDS, WIDE_SPREAD
 
 
 def environment() -> dict[str, Any]:
@@ -58,30 +59,65 @@ def write(results: list[dict[str, Any]], dataset: dict[str, Any], out: Path) -> 
 
 
 def markdown(results: list[dict[str, Any]], dataset: dict[str, Any], env: dict) -> str:
-    """A table, one row per engine setting, with gpuknn's throughput over each peer's."""
-    own = {row["index"]: row["queries_per_s"] for row in results if row["engine"] == "gpuknn"}
-    exact_qps = own.get("faiss.Flat")
+    """A table, one row per engine setting: throughput (median and interquartile range over
+    interleaved rounds), gpuknn's throughput over each peer's, recall, accuracy, latency."""
+    sizes = sorted({int(size) for row in results for size in row["latency"]})
     head = (f"# `gpuknn bench`: {dataset['name']} ({dataset['n_base']:,} x {dataset['dim']}, "
             f"{dataset['n_queries']:,} queries, k={results[0]['k'] if results else '?'})\n\n"
             f"{env['date_utc']}; {env['cpu']}, {env['cores']} cores"
             f"{'; ' + env['gpu']['name'] if env['gpu'] else ''}.\n\n")
-    rows = ["| engine | index | build s | queries/s | gpuknn ÷ this | recall@k | "
-            "accuracy | p50 / p99 ms, 1 | p50 / p99 ms, 64 | p50 / p99 ms, 4096 | "
-            "peak host MiB |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    latency_heads = " | ".join(f"p50 / p99 ms, {size:,} {'query' if size == 1 else 'queries'}"
+                               for size in sizes)
+    rows = [f"| engine | index | build s | queries/s (IQR) | gpuknn ÷ this (IQR) | recall@k | "
+            f"accuracy | {latency_heads} | peak host MiB |",
+            "|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(sizes) + "---:|"]
+    wide = False
     for row in results:
-        mine = own.get(row["index"], exact_qps)
-        ratio = f"{mine / row['queries_per_s']:.2f}x" if mine and row["engine"] != "gpuknn" else ""
-        lat = [f"{row['latency'][b]['p50_ms']:.2f} / {row['latency'][b]['p99_ms']:.2f}"
-               for b in ("1", "64", "4096")]
+        throughput, ratio = _throughput_cell(row), _ratio_cell(row)
+        wide = wide or "(wide)" in throughput + ratio
+        lat = [f"{row['latency'][str(size)]['p50_ms']:.2f} / "
+               f"{row['latency'][str(size)]['p99_ms']:.2f}" for size in sizes]
         accuracy = f"{row['accuracy']:.4f}" if "accuracy" in row else ""
         rows.append(f"| {row['engine']} | {row['index']} | {row['build_s']:.2f} | "
-                    f"{row['queries_per_s']:,.0f} | {ratio} | {row['recall']:.4f} | {accuracy} | "
+                    f"{throughput} | {ratio} | {row['recall']:.4f} | {accuracy} | "
                     f"{' | '.join(lat)} | {row['peak_host_mib_added']:.0f} |")
-    notes = ("\n\n`gpuknn ÷ this` compares gpuknn's throughput with the same index type (the "
-             "exact one for scikit-learn and hnswlib). Recall is against exact search; "
-             "accuracy is the majority vote of the k neighbours' labels. Peak host memory is "
-             "the resident memory the engine added while building and searching.\n")
-    return head + "\n".join(rows) + notes
+    return head + "\n".join(rows) + _notes(results, wide)
+
+
+def _throughput_cell(row: dict[str, Any]) -> str:
+    stats = row["throughput"]
+    return (f"{stats['median']:,.0f} ({stats['q1']:,.0f}-{stats['q3']:,.0f})"
+            f"{_wide(stats)}")
+
+
+def _ratio_cell(row: dict[str, Any]) -> str:
+    stats = row.get("gpuknn_ratio")
+    if stats is None:
+        return ""
+    return f"{stats['median']:.2f}x ({stats['q1']:.2f}-{stats['q3']:.2f}){_wide(stats)}"
+
+
+def _wide(stats: dict[str, float]) -> str:
+    return " (wide)" if stats["spread"] > WIDE_SPREAD else ""
+
+
+def _notes(results: list[dict[str, Any]], wide: bool) -> str:
+    rounds = min((row["throughput"]["samples"] for row in results), default=0)
+    text = (f"\n\nThroughput is the median over {rounds} or more interleaved rounds (every "
+            "engine timed once per round, in random order, each sample at least "
+            f"{SAMPLE_SECONDS * 1000:.0f} ms of searching), with the interquartile range. "
+            "`gpuknn ÷ this` is the median, over rounds, of gpuknn's throughput divided by this "
+            "engine's in the same round, for the same index type (the exact one for "
+            "scikit-learn and hnswlib); above 1, gpuknn is faster. Recall is against exact "
+            "search; accuracy is the majority vote of the k neighbours' labels. Latency is "
+            "one call with that many queries (the largest size is capped at the query "
+            "set). Peak host memory is the resident memory the engine added while building "
+            "and searching once.\n")
+    if wide:
+        text += (f"\n**(wide)**: the interquartile range is more than "
+                 f"{WIDE_SPREAD:.0%} of the median: the machine was busy or its speed drifted "
+                 "during the run. Rerun it on an idle machine, or with a larger `--min-time`.\n")
+    return text
 
 
 def plots(results: list[dict[str, Any]], dataset: dict[str, Any], out: Path) -> list[Path]:
@@ -96,8 +132,10 @@ def plots(results: list[dict[str, Any]], dataset: dict[str, Any], out: Path) -> 
     title = f"{dataset['name']}: {dataset['n_base']:,} x {dataset['dim']}"
     figure, axes = pyplot.subplots(figsize=(7, 5))
     for row in results:
-        axes.scatter(row["recall"], row["queries_per_s"], s=60, label=_label(row))
-    axes.set(xlabel="recall@k", ylabel="queries / s (log)", yscale="log",
+        colour, marker = _style(row)
+        axes.scatter(row["recall"], row["queries_per_s"], s=70, color=colour, marker=marker,
+                     label=_label(row), edgecolors="black", linewidths=0.5)
+    axes.set(xlabel="recall@k", ylabel="queries / s, median (log)", yscale="log",
              title=f"Throughput vs recall, {title}")
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize=8)
@@ -106,8 +144,10 @@ def plots(results: list[dict[str, Any]], dataset: dict[str, Any], out: Path) -> 
     pyplot.close(figure)
     figure, axes = pyplot.subplots(figsize=(7, 5))
     for row in results:
-        sizes = [int(b) for b in row["latency"]]
-        axes.plot(sizes, [row["latency"][str(b)]["p50_ms"] for b in sizes], marker="o",
+        colour, marker = _style(row)
+        sizes = sorted(int(b) for b in row["latency"])
+        axes.plot(sizes, [row["latency"][str(b)]["p50_ms"] for b in sizes], marker=marker,
+                  color=colour, linestyle="-" if row["engine"] == "gpuknn" else "--",
                   label=_label(row))
     axes.set(xlabel="queries per call (log)", ylabel="p50 latency, ms (log)", xscale="log",
              yscale="log", title=f"Latency vs batch size, {title}")
@@ -117,6 +157,17 @@ def plots(results: list[dict[str, Any]], dataset: dict[str, Any], out: Path) -> 
     figure.savefig(latency, dpi=110, bbox_inches="tight")
     pyplot.close(figure)
     return [throughput, latency]
+
+
+# One colour per index type, so gpuknn and faiss on the same index pair up; one marker
+# per engine.
+_COLOURS = {"faiss.Flat": "tab:blue", "faiss.IVFFlat": "tab:orange",
+            "faiss.IVFPQ": "tab:green", "brute": "tab:purple", "HNSW": "tab:red"}
+_MARKERS = {"gpuknn": "o", "faiss": "s", "sklearn": "^", "hnswlib": "D"}
+
+
+def _style(row: dict[str, Any]) -> tuple[str, str]:
+    return _COLOURS.get(row["index"], "tab:gray"), _MARKERS.get(row["engine"], "x")
 
 
 def _label(row: dict[str, Any]) -> str:
