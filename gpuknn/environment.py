@@ -55,10 +55,21 @@ class TrainingEnvironment:
         Raises
         ------
         ClientError
-            Naming the configuration file that is unreadable or malformed.
+            When the root is not a directory, or naming the configuration file that is
+            missing (``hyperparameters.json``), unreadable or malformed.
         """
+        given = root
         root = resolve_root(root)
+        if not root.is_dir():
+            state = "is not a directory" if root.exists() else "does not exist"
+            raise ClientError(f"{root.absolute()}: the ml root {state} ({_origin(given)}); "
+                              "it must be the directory that holds input/config/ and "
+                              "input/data/")
         config = root / "input" / "config"
+        if not (config / "hyperparameters.json").is_file():
+            raise ClientError(f"{config / 'hyperparameters.json'}: no such file; a training "
+                              "job's hyperparameters (k, predictor_type and sample_size at "
+                              "least) go there as a JSON object of strings")
         hyperparameters = _read_json(config / "hyperparameters.json", default={})
         if not isinstance(hyperparameters, dict):
             raise ClientError(f"{config / 'hyperparameters.json'}: must be a JSON object")
@@ -93,6 +104,15 @@ class TrainingEnvironment:
 def resolve_root(root: str | Path | None = None) -> Path:
     """The ml root: ``root`` if given, else ``$GPUKNN_ML_ROOT``, else /opt/ml."""
     return Path(root or os.environ.get(ROOT_VARIABLE) or DEFAULT_ROOT)
+
+
+def _origin(root: str | Path | None) -> str:
+    """Where the ml root came from, as :func:`resolve_root` chose it."""
+    if root:
+        return "given by --ml-root"
+    if os.environ.get(ROOT_VARIABLE):
+        return f"from ${ROOT_VARIABLE}"
+    return f"the default; give another with --ml-root or ${ROOT_VARIABLE}"
 
 
 def _read_json(path: Path, default: Any) -> Any:

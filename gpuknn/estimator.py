@@ -21,6 +21,7 @@ from gpuknn.errors import DataError, HyperparameterError, NotFittedError
 from gpuknn.exact import ExactSearch
 from gpuknn.faiss_index import IVFSearch
 from gpuknn.hyperparameters import Hyperparameters, auto_nlists, default_pq_m, parse
+from gpuknn.io.text import label_column_hint
 from gpuknn.model import KNNModel, Preparation, check_k
 from gpuknn.reduction import fit_reduction
 from gpuknn.sampling import ReservoirSampler
@@ -121,7 +122,11 @@ class KNN:
         if _is_source(X):
             if y is not None:
                 raise DataError("y must be None when X is a data source: labels come from it")
-            yield from io.iter_batches(X, content_type, batch_size, label_size)
+            batches = io.iter_batches(X, content_type, batch_size, label_size)
+            if io.parse_content_type(content_type)[0] == io.CSV:
+                batches = describe_csv(batches, io.sources.name_of(X),
+                                       self.hyperparameters.feature_dim)
+            yield from batches
             return
         if y is not None:
             raise DataError("y must be None when X is an iterable of (X, y) batches")
@@ -164,6 +169,53 @@ class KNN:
     def __repr__(self) -> str:
         given = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"KNN({given})"
+
+
+def describe_csv(batches: Iterable[Batch], name: str, feature_dim: int | str = "auto",
+                 role: str = "train") -> Iterator[Batch]:
+    """Pass CSV batches through, logging the layout the first batch settled on.
+
+    The log line says which column is the label and how many features a row holds
+    ("CSV: column 1 is the label, 16 features per row"): with ``feature_dim`` "auto",
+    a CSV without its label column trains with its first feature as the label, and
+    this line is where that shows.
+
+    Parameters
+    ----------
+    batches : iterable of (X, y)
+        Decoded CSV batches (``y`` None without a label column).
+    name : str
+        The source, for the log and error messages.
+    feature_dim : int or "auto"
+        Checked against the first batch; a width off by exactly the label column asks
+        whether the label column was left out.
+    role : {"train", "test"}
+        Which data this is, for that question.
+
+    Raises
+    ------
+    HyperparameterError
+        When ``feature_dim`` is an integer other than the data's feature count.
+    """
+    first = True
+    for X, y in batches:
+        if first:
+            _check_csv_layout(X.shape[1], y is not None, name, feature_dim, role)
+            first = False
+        yield X, y
+
+
+def _check_csv_layout(width: int, labelled: bool, name: str, feature_dim: int | str,
+                      role: str) -> None:
+    label = "column 1 is the label" if labelled else "no label column (label_size=0)"
+    logger.info("%s: CSV: %s, %d features per row", name, label, width)
+    if feature_dim in ("auto", width):
+        return
+    columns = f"{width + 1} columns, the first one the label" if labelled else \
+        f"{width} columns, no label"
+    hint = label_column_hint(width, feature_dim, role) if labelled else ""
+    raise HyperparameterError([f"'feature_dim' is {feature_dim} but {name} has {width} "
+                               f"features per row ({columns}).{hint}"])
 
 
 def _dense(features: sp.spmatrix, hp: Hyperparameters) -> np.ndarray:
@@ -233,6 +285,7 @@ def build_model(features: np.ndarray, labels: np.ndarray | None, ids: np.ndarray
     -------
     KNNModel
     """
+    _check_enough_rows(hp.k, features.shape[0], rows_seen)
     preparation = plan_preparation(hp, features.shape[1])
     check_k(hp.k, features.shape[0])
     xp = _backend.array_module(device)
@@ -243,6 +296,18 @@ def build_model(features: np.ndarray, labels: np.ndarray | None, ids: np.ndarray
                 hp.index_metric, vectors.shape[0], vectors.shape[1],
                 _backend.device_name(xp), time.perf_counter() - started)
     return KNNModel(hp, preparation, index, labels, ids, device=device, rows_seen=rows_seen)
+
+
+def _check_enough_rows(k: int, n_sample: int, rows_seen: int | None) -> None:
+    """Refuse training data of fewer rows than ``k``, saying how many it has.
+
+    (``k`` above ``sample_size`` is refused earlier, by the hyperparameters' rules.)
+    """
+    rows = n_sample if rows_seen is None else rows_seen
+    if k > n_sample and rows <= n_sample:
+        raise DataError(f"k={k} but the training data has only {rows} "
+                        f"row{'s' if rows != 1 else ''}: every query needs k neighbours; "
+                        f"lower k to at most {rows}, or train on more rows")
 
 
 def plan_preparation(hp: Hyperparameters, n_features: int) -> Preparation:

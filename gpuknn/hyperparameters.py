@@ -22,6 +22,7 @@ import numpy as np
 from gpuknn.errors import HyperparameterError
 
 _INTEGER_TEXT = re.compile(r"[+-]?[0-9]+")  # ASCII digits only, as SageMaker's schema
+_NUMBER_TEXT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 PQ_M_CHOICES = (1, 2, 3, 4, 8, 12, 16, 20, 24, 28, 32, 40, 48, 56, 64, 96)
 INDEX_TYPES = ("faiss.Flat", "faiss.IVFFlat", "faiss.IVFPQ")
@@ -80,12 +81,14 @@ def _int_or_auto(low: int) -> Callable[[Any], int | str]:
     return parse
 
 
-def _choice(options: tuple[Any, ...]) -> Callable[[Any], Any]:
+def _choice(options: tuple[Any, ...], why: str = "") -> Callable[[Any], Any]:
+    allowed = _either(options) + (f" ({why})" if why else "")
+
     def parse(value: Any) -> Any:
         if isinstance(value, str):
             value = value.strip()
         if isinstance(value, bool):
-            raise _InvalidValueError("one of " + ", ".join(str(o) for o in options))
+            raise _InvalidValueError(allowed)
         for option in options:
             if isinstance(option, int):
                 try:
@@ -95,9 +98,24 @@ def _choice(options: tuple[Any, ...]) -> Callable[[Any], Any]:
                     continue
             elif value == option:
                 return option
-        raise _InvalidValueError("one of " + ", ".join(str(o) for o in options))
+        raise _InvalidValueError(allowed)
 
     return parse
+
+
+def _either(options: tuple[Any, ...]) -> str:
+    """Choices as a sentence reads them: ``1``, ``sign or fjlt``, ``one of 1, 2, 4``."""
+    names = [str(option) for option in options]
+    if len(names) <= 2:
+        return " or ".join(names)
+    return "one of " + ", ".join(names)
+
+
+def _shown(value: Any) -> str:
+    """A given value as the message quotes it: numbers bare, even as strings ("2" -> 2)."""
+    if isinstance(value, str) and _NUMBER_TEXT.fullmatch(value.strip()):
+        return value.strip()
+    return repr(value)
 
 
 @dataclass(frozen=True)
@@ -137,7 +155,8 @@ TABLE: tuple[Spec, ...] = (
              "raised to a multiple. Default: the largest allowed value <= dimension / 4."),
     Spec("mini_batch_size", _int_parser(1), "integer >= 1", 5000,
          doc="Rows per batch when streaming training data and scoring."),
-    Spec("epochs", _choice((1,)), "1", 1, doc="k-NN makes a single pass over the data."),
+    Spec("epochs", _choice((1,), why="k-NN makes one pass over the data"), "1", 1,
+         doc="k-NN makes a single pass over the data."),
     Spec("faiss_index_nprobe", _int_parser(1, MAX_K), f"integer in [1, {MAX_K}]", 5,
          extension=True, doc="IVF lists probed per query (SageMaker's internal default, 5)."),
     Spec("seed", _int_parser(0, 2**32 - 1), "integer in [0, 4294967295]", 0, extension=True,
@@ -207,10 +226,12 @@ def parse(values: Mapping[str, Any]) -> Hyperparameters:
         try:
             parsed[name] = spec.parse(value)
         except _InvalidValueError as err:
-            problems.append(f"The {raw_name!r} hyperparameter must be {err}. Got {value!r}.")
+            problems.append(f"The {raw_name!r} hyperparameter must be {err}. "
+                            f"Got {_shown(value)}.")
     for spec in TABLE:
         if spec.required and spec.name not in given:
-            problems.append(f"The {spec.name!r} hyperparameter is required ({spec.allowed}).")
+            allowed = spec.allowed.replace(" | ", " or ")
+            problems.append(f"The {spec.name!r} hyperparameter is required ({allowed}).")
     invalid = given - parsed.keys()
     problems.extend(_cross_field_problems(parsed, invalid))
     if problems:
@@ -248,6 +269,11 @@ def _cross_field_problems(hp: dict[str, Any], invalid: set[str]) -> list[str]:
     if target is not None and feature_dim != "auto" and target >= feature_dim:
         problems.append(f"'dimension_reduction_target' must be smaller than 'feature_dim' "
                         f"({feature_dim}). Got {target}.")
+    k, sample_size = hp.get("k"), hp.get("sample_size")
+    if k is not None and sample_size is not None and k > sample_size:
+        problems.append(f"'k' ({k}) must not exceed 'sample_size' ({sample_size}): the index "
+                        "holds at most sample_size rows, so a query cannot have more neighbours. "
+                        "Lower k or raise sample_size.")
     index_type = hp.get("index_type", "faiss.Flat")
     if (hp.get("faiss_index_pq_m") is not None and "index_type" not in invalid
             and index_type != "faiss.IVFPQ"):

@@ -320,7 +320,7 @@ class KNNModel:
         bad = xp.nonzero(~xp.isfinite(X).all(axis=1))[0]
         if bad.size:
             rows = ", ".join(str(int(r)) for r in _backend.to_host(bad[:10]))
-            raise DataError(f"query rows with NaN or infinite values: {rows}")
+            raise DataError(f"query rows with NaN or infinite values: {rows} (0-based)")
         return X
 
     def _require_labels(self) -> np.ndarray:

@@ -72,14 +72,14 @@ class ReservoirSampler:
             raise DataError(f"a batch of features must be 2-D (rows, features); "
                             f"got shape {X.shape}")
         if self._features is not None and X.shape[1] != self._features.shape[1]:
-            raise DataError(f"rows from row {self.rows_seen} have {X.shape[1]} features; "
-                            f"earlier rows had {self._features.shape[1]}")
+            raise DataError(f"rows from row {self.rows_seen} (0-based) have {X.shape[1]} "
+                            f"features; earlier rows had {self._features.shape[1]}")
         if self._features is not None and (y is None) != (self._labels is None):
             raise DataError(f"labels are {'missing' if y is None else 'present'} from row "
-                            f"{self.rows_seen} but were not before")
+                            f"{self.rows_seen} (0-based) but were not before")
         if y is not None and np.shape(y) != (X.shape[0],):
             raise DataError(f"labels must have shape ({X.shape[0]},) to match the features "
-                            f"starting at row {self.rows_seen}; got {np.shape(y)}")
+                            f"starting at row {self.rows_seen} (0-based); got {np.shape(y)}")
         bad = ~np.isfinite(X).all(axis=1)
         if y is not None:
             bad |= ~np.isfinite(np.asarray(y, dtype=np.float64))
@@ -87,8 +87,10 @@ class ReservoirSampler:
             rows = np.flatnonzero(bad) + self.rows_seen
             shown = ", ".join(map(str, rows[:MAX_ROWS_NAMED]))
             more = f" and {rows.size - MAX_ROWS_NAMED} more" if rows.size > MAX_ROWS_NAMED else ""
+            noun = "row" if rows.size == 1 else "rows"
             raise DataError(f"rows with NaN or infinite values (features or label) are not "
-                            f"allowed: row {shown}{more} (0-based, counted over the whole input)")
+                            f"allowed: {noun} {shown}{more} (0-based, counted over the whole "
+                            "input)")
 
     def _allocate(self, n_features: int, with_labels: bool) -> None:
         size = min(self.sample_size, 1024)

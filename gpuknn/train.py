@@ -8,9 +8,10 @@ reservoir sampler in ``mini_batch_size`` batches, builds the index, writes the m
     #test_score (algo-1) : ('accuracy', 0.9221)
 
 A job starts by removing an earlier run's ``output/failure``. On any failure,
-``output/failure`` gets a one-paragraph reason (at most 1024 characters),
-the traceback goes only to the log, ``model/`` is left without model files and the exit
-code is non-zero. SIGTERM stops the job the same way.
+``output/failure`` gets a one-paragraph reason (at most 1024 characters), the log gets
+the reason once (with the traceback only for internal errors), ``model/`` is left without
+model files and the exit code is non-zero. SIGTERM stops the job the same way. An ml root
+that does not exist is reported in the log only: nothing is created under it.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ import numpy as np
 from gpuknn import _backend, io, model_io
 from gpuknn.environment import Channel, TrainingEnvironment, resolve_root
 from gpuknn.errors import ClientError, DataError, GpuknnError
-from gpuknn.estimator import KNN
+from gpuknn.estimator import KNN, describe_csv
 from gpuknn.hyperparameters import Hyperparameters, parse
+from gpuknn.io.text import label_column_hint
 from gpuknn.model import KNNModel
 
 logger = logging.getLogger("gpuknn.train")
@@ -64,11 +66,11 @@ def main(root: str | Path | None = None) -> int:
         _fail(env, root, str(err))
         return EXIT_FAILED
     except MemoryError:
-        _fail(env, root, _out_of_memory_reason(env))
+        _fail(env, root, _out_of_memory_reason(env), with_traceback=True)
         return EXIT_FAILED
     except Exception as err:
         _fail(env, root, f"Internal error ({type(err).__name__}: {err}). This is a bug in "
-                         "gpuknn; the traceback is in the job's log.")
+                         "gpuknn; the traceback is in the job's log.", with_traceback=True)
         return EXIT_FAILED
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -127,7 +129,8 @@ def _fit(env: TrainingEnvironment, hp: Hyperparameters, device: str) -> tuple[KN
     started = time.perf_counter()
     finished: dict[str, float] = {}
     estimator = KNN(device=device, **hp.to_dict())
-    estimator.fit(_progress(_batches(channel, env, hp.mini_batch_size), "train", finished))
+    batches = _batches(channel, env, hp.mini_batch_size, feature_dim=hp.feature_dim)
+    estimator.fit(_progress(batches, "train", finished))
     model = estimator.fitted_model
     if model.labels is None:
         raise DataError(f"{channel.source(env.root)}: the training data has no labels "
@@ -135,14 +138,28 @@ def _fit(env: TrainingEnvironment, hp: Hyperparameters, device: str) -> tuple[KN
     return model, finished.get("at", time.perf_counter()) - started
 
 
-def _batches(channel: Channel, env: TrainingEnvironment, batch_size: int) -> Iterator[Any]:
+def _batches(channel: Channel, env: TrainingEnvironment, batch_size: int,
+             feature_dim: int | str = "auto") -> Iterator[Any]:
+    """A channel's batches; for CSV, the first batch logs the label column and the feature
+    count, and is checked against ``feature_dim``."""
     source = channel.source(env.root)
     if not source.exists():
         raise DataError(f"{source}: the {channel.name!r} channel has no data there "
                         f"({channel.input_mode} mode)")
     logger.info("Channel %s: %s, %s mode, %s, from %s", channel.name, channel.content_type,
                 channel.input_mode, channel.distribution, source)
-    return io.iter_batches(source, channel.content_type, batch_size)
+    batches = io.iter_batches(source, channel.content_type, batch_size)
+    if _is_csv(channel):
+        batches = describe_csv(batches, f"{channel.name} channel ({source})", feature_dim,
+                               role=channel.name)
+    return batches
+
+
+def _is_csv(channel: Channel) -> bool:
+    try:
+        return io.parse_content_type(channel.content_type)[0] == io.CSV
+    except DataError:
+        return False  # iter_batches names the unsupported type
 
 
 def _progress(batches: Iterator[Any], name: str,
@@ -225,8 +242,10 @@ def _score(model: KNNModel, env: TrainingEnvironment, hp: Hyperparameters) -> di
         if y is None:
             raise DataError(f"{source}: the test data has no labels")
         if X.shape[1] != model.feature_dim:
+            hint = label_column_hint(X.shape[1], model.feature_dim, "test") if _is_csv(
+                channel) else ""
             raise DataError(f"{source}: test records have {X.shape[1]} features; the model was "
-                            f"trained on {model.feature_dim}")
+                            f"trained on {model.feature_dim}.{hint}")
         dense = X.toarray() if hasattr(X, "toarray") else X
         try:
             predicted = model.predict(dense)
@@ -247,11 +266,22 @@ def _score(model: KNNModel, env: TrainingEnvironment, hp: Hyperparameters) -> di
     return {f"test:{name}": value}
 
 
-def _fail(env: TrainingEnvironment | None, root: str | Path | None, reason: str) -> None:
-    """Log the traceback, write ``output/failure`` and leave ``model/`` without model files."""
-    logger.error("Training failed: %s\n%s", reason, traceback.format_exc())
+def _fail(env: TrainingEnvironment | None, root: str | Path | None, reason: str, *,
+          with_traceback: bool = False) -> None:
+    """Log the reason once, write ``output/failure`` and leave ``model/`` without model files.
+
+    A user's mistake (a ``ClientError``) or a stop is logged without a traceback; an
+    internal error or running out of memory also logs the traceback (never in the file).
+    Nothing is written when the ml root itself does not exist.
+    """
+    if with_traceback:
+        logger.error("Training failed: %s\n%s", reason, traceback.format_exc().rstrip())
+    else:
+        logger.error("Training failed: %s", reason)
     if env is None:
         env = TrainingEnvironment(root=resolve_root(root))
+        if not env.root.is_dir():
+            return  # a mistyped root: create nothing
     try:
         _clear_model_dir(env)
         env.failure_file.parent.mkdir(parents=True, exist_ok=True)

@@ -173,7 +173,8 @@ def test_one_dimensional_query_and_integer_inputs(digits):
 
 
 @pytest.mark.parametrize(("hyperparameters", "message"), [
-    ({"k": 20, "sample_size": 10}, "k=20 must be between 1 and the number of indexed rows"),
+    ({"k": 20, "sample_size": 10}, r"'k' \(20\) must not exceed 'sample_size' \(10\)"),
+    ({"k": 50, "sample_size": 100}, "k=50 but the training data has only 40 rows"),
     ({"k": 1, "index_type": "faiss.IVFFlat", "faiss_index_ivf_nlists": 50},
      "faiss_index_ivf_nlists=50 is larger than the number of sampled rows"),
     ({"k": 1, "index_type": "faiss.IVFPQ"}, "IVFPQ needs at least 256 sampled rows"),
@@ -192,7 +193,7 @@ def test_training_errors_name_the_problem(rng, hyperparameters, message):
 def test_bad_training_data_is_refused_with_row_numbers(rng):
     X = rng.standard_normal((30, 4)).astype(np.float32)
     X[[3, 17]] = np.nan
-    with pytest.raises(DataError, match="row 3, 17"):
+    with pytest.raises(DataError, match=r"rows 3, 17 \(0-based"):
         fit(X, np.zeros(30), k=1)
     with pytest.raises(DataError, match="shape"):
         fit(X[:, 0], np.zeros(30), k=1)

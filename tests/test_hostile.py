@@ -130,7 +130,7 @@ def odd_float_record(rng) -> bytes:
 def test_bad_packed_floats_get_one_answer_whichever_decoder(server, rng, count):
     payload = odd_float_record(rng)
     body = b"".join(frame(payload) for _ in range(count))
-    message = refused(server, body, RECORDIO, 400, "record 0 (byte offset 0)")
+    message = refused(server, body, RECORDIO, 400, "record 0 (0-based; byte offset 0)")
     assert "not a valid Record protobuf" in message
 
 
@@ -460,7 +460,7 @@ def test_recordio_nan_names_the_record_and_offset(tmp_path):
     X = np.ones((40, 3), dtype=np.float32)
     X[33, 1] = np.inf
     data_io.write_recordio(tmp_path / "x.pbr", X, np.zeros(40, dtype=np.float32))
-    with pytest.raises(DataError, match=r"x\.pbr: record 33 \(byte offset \d+\): NaN"):
+    with pytest.raises(DataError, match=r"x\.pbr: record 33 \(0-based; byte offset \d+\): NaN"):
         KNN(k=1, predictor_type="classifier", sample_size=40).fit(str(tmp_path / "x.pbr"))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -51,10 +53,10 @@ def problems_of(values) -> list[str]:
 ACCEPTED = [
     ("k", 1, "1", 1, {}),
     ("k", 10, "10", 10, {}),
-    ("k", 2048, "2048", 2048, {}),
+    ("k", 2048, "2048", 2048, {"sample_size": 2048}),  # k <= sample_size
     ("predictor_type", "classifier", "classifier", "classifier", {}),
     ("predictor_type", "regressor", "regressor", "regressor", {}),
-    ("sample_size", 1, "1", 1, {}),
+    ("sample_size", 1, "1", 1, {"k": 1}),
     ("sample_size", 200_000, "200000", 200_000, {}),
     ("sample_size", 10**12, "1000000000000", 10**12, {}),
     ("feature_dim", 54, "54", 54, {}),
@@ -105,7 +107,7 @@ def test_every_hyperparameter_accepts_python_and_string_form(name, given, expect
     ("k", "+10", 10),
     ("k", 10.0, 10),                        # an integral float
     ("k", np.int64(10), 10),                # numpy integers
-    ("sample_size", np.int32(7), 7),
+    ("sample_size", np.int32(17), 17),
     ("feature_dim", "AUTO", "auto"),
     ("feature_dim", " auto ", "auto"),
     ("faiss_index_ivf_nlists", "Auto", "auto"),
@@ -163,6 +165,7 @@ def test_table_defaults_match_the_dataclass(spec):
 
 # -- rejected values: (name, bad value, fragment of "what is allowed", extra context) --------
 INT_K = "an integer in [1, 2048]"
+EPOCHS = "must be 1 (k-NN makes one pass over the data)"
 INT_GE1 = "an integer >= 1"
 AUTO_GE1 = '"auto" or an integer >= 1'
 PQ_LIST = "one of 1, 2, 3, 4, 8, 12, 16, 20, 24, 28, 32, 40, 48, 56, 64, 96"
@@ -194,11 +197,11 @@ REJECTED = [
     ("k", b"10", INT_K, {}),
     ("k", 10j, INT_K, {}),
     # predictor_type
-    ("predictor_type", "classify", "one of classifier, regressor", {}),
-    ("predictor_type", "Classifier", "one of classifier, regressor", {}),
-    ("predictor_type", "", "one of classifier, regressor", {}),
-    ("predictor_type", 1, "one of classifier, regressor", {}),
-    ("predictor_type", True, "one of classifier, regressor", {}),
+    ("predictor_type", "classify", "classifier or regressor", {}),
+    ("predictor_type", "Classifier", "classifier or regressor", {}),
+    ("predictor_type", "", "classifier or regressor", {}),
+    ("predictor_type", 1, "classifier or regressor", {}),
+    ("predictor_type", True, "classifier or regressor", {}),
     # sample_size
     ("sample_size", 0, INT_GE1, {}),
     ("sample_size", "-5", INT_GE1, {}),
@@ -214,9 +217,9 @@ REJECTED = [
     ("feature_dim", 54.5, AUTO_GE1, {}),
     ("feature_dim", "automatic", AUTO_GE1, {}),
     # dimension_reduction_type
-    ("dimension_reduction_type", "pca", "one of sign, fjlt", {"dimension_reduction_target": 4}),
-    ("dimension_reduction_type", "SIGN", "one of sign, fjlt", {"dimension_reduction_target": 4}),
-    ("dimension_reduction_type", 1, "one of sign, fjlt", {"dimension_reduction_target": 4}),
+    ("dimension_reduction_type", "pca", "sign or fjlt", {"dimension_reduction_target": 4}),
+    ("dimension_reduction_type", "SIGN", "sign or fjlt", {"dimension_reduction_target": 4}),
+    ("dimension_reduction_type", 1, "sign or fjlt", {"dimension_reduction_target": 4}),
     # dimension_reduction_target
     ("dimension_reduction_target", 0, INT_GE1, SIGN),
     ("dimension_reduction_target", "-1", INT_GE1, SIGN),
@@ -250,10 +253,10 @@ REJECTED = [
     ("mini_batch_size", False, INT_GE1, {}),
     ("mini_batch_size", 0.5, INT_GE1, {}),
     # epochs: a single pass only
-    ("epochs", 2, "one of 1", {}),
-    ("epochs", "2", "one of 1", {}),
-    ("epochs", 0, "one of 1", {}),
-    ("epochs", True, "one of 1", {}),
+    ("epochs", 2, EPOCHS, {}),
+    ("epochs", "2", EPOCHS, {}),
+    ("epochs", 0, EPOCHS, {}),
+    ("epochs", True, EPOCHS, {}),
     # faiss_index_nprobe (and its SageMaker-internal alias)
     ("faiss_index_nprobe", 0, INT_K, {}),
     ("faiss_index_nprobe", 2049, INT_K, {}),
@@ -274,7 +277,15 @@ def test_every_invalid_value_is_reported(name, value, allowed, context):
     assert len(about_value) == 1, problems     # names the parameter
     message = about_value[0]
     assert allowed in message, message         # says what is allowed
-    assert message.endswith(f"Got {value!r}."), message  # and what was given
+    assert message.endswith(f"Got {shown(value)}."), message  # and what was given
+
+
+def shown(value):
+    """How a message quotes a given value: numbers bare, also in their string form."""
+    if isinstance(value, str) and re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?",
+                                               value.strip()):
+        return value.strip()
+    return repr(value)
 
 
 @pytest.mark.parametrize(("values", "named"), [
@@ -324,7 +335,7 @@ def test_each_required_hyperparameter(missing):
     problems = problems_of(values)
     assert len(problems) == 1, problems
     assert f"The {missing!r} hyperparameter is required" in problems[0]
-    assert SPECS[missing].allowed in problems[0]
+    assert SPECS[missing].allowed.replace(" | ", " or ") in problems[0]
 
 
 @pytest.mark.parametrize("values", [{}, {"k": None, "predictor_type": None,
@@ -399,12 +410,12 @@ def test_all_mistakes_are_reported_together():
     problems = info.value.problems
     assert len(problems) == 8, problems
     expectations = [
-        ("'k'", "[1, 2048]", "Got '0'"),
-        ("'predictor_type'", "one of classifier, regressor", "Got 'classify'"),
+        ("'k'", "[1, 2048]", "Got 0."),
+        ("'predictor_type'", "must be classifier or regressor", "Got 'classify'"),
         ("'sample_size'", ">= 1", "Got True"),
         ("'mini_batch_size'", ">= 1", "Got 2.5"),
         ("'faiss_index_pq_m'", "one of 1, 2, 3, 4, 8", "Got 5"),
-        ("'epochs'", "one of 1", "Got 2"),
+        ("'epochs'", "must be 1 (k-NN makes one pass over the data)", "Got 2."),
         ("'mini_batch_siz'", "Did you mean 'mini_batch_size'?", "Unknown"),
         ("'dimension_reduction_target' is required", "'sign'", "set"),
     ]

@@ -1029,14 +1029,24 @@ def test_csv_ragged_rows_name_the_line(tmp_path):
 
 
 @pytest.mark.parametrize(("text", "line"), [(b"1,2\n\n3,4\n", 2), (b"1,2\r\n\r\n3,4\r\n", 2),
-                                            (b"\n1,2\n", 1), (b"1,2\n3,4\n\n", 3),
-                                            (b"1,2\n3,4\n\n\n", 3)],
-                         ids=["middle", "middle-crlf", "first", "last", "two-at-the-end"])
+                                            (b"\n1,2\n", 1), (b"1,2\n \n3,4\n", 2),
+                                            (b"1,2\n3,4\n\n5,6\n\n\n", 3)],
+                         ids=["middle", "middle-crlf", "first", "spaces", "middle-and-end"])
 def test_csv_empty_line_is_refused_with_its_number(tmp_path, text, line):
     path = tmp_path / "blank.csv"
     path.write_bytes(text)
-    with pytest.raises(DataError, match=at(path.name, f"line {line}")):
+    with pytest.raises(DataError, match=at(path.name, f"line {line}: empty line")):
         read(path, CSV)
+
+
+@pytest.mark.parametrize("end", [b"\n", b"\n\n", b"\n\n\n", b"\r\n", b"\r\n\r\n", b"\n \n"],
+                         ids=["one", "two", "three", "crlf", "two-crlf", "spaces"])
+def test_csv_blank_lines_at_the_end_are_ignored(tmp_path, end):
+    path = tmp_path / "end.csv"
+    path.write_bytes(b"1,2\n3,4" + end)
+    X, y = read(path, CSV)
+    np.testing.assert_array_equal(X, [[2], [4]])
+    np.testing.assert_array_equal(y, [1, 3])
 
 
 def test_csv_invalid_utf8_names_the_line(tmp_path):

@@ -235,7 +235,7 @@ def test_non_finite_rows_named_by_global_row_number_across_batches(rng, where):
     with pytest.raises(DataError) as info:
         sampler.add(X2, y2)
     message = str(info.value)
-    assert "row 20, 25 " in message, message
+    assert "rows 20, 25 (0-based" in message, message
     assert "NaN or infinite" in message
     assert "more" not in message
 
@@ -248,7 +248,7 @@ def test_many_bad_rows_are_summarised(rng):
     with pytest.raises(DataError) as info:
         sampler.add(X)
     message = str(info.value)
-    assert "row 105, 106, 107, 108, 109, 110, 111, 112, 113, 114 and 15 more" in message
+    assert "rows 105, 106, 107, 108, 109, 110, 111, 112, 113, 114 and 15 more (0-based" in message
 
 
 def test_a_refused_batch_does_not_advance_the_row_count(rng):
@@ -266,7 +266,8 @@ def test_a_refused_batch_does_not_advance_the_row_count(rng):
 def test_feature_count_change_between_batches(rng):
     sampler = ReservoirSampler(10)
     sampler.add(rng.standard_normal((8, 4)))
-    with pytest.raises(DataError, match=r"from row 8 have 5 features; earlier rows had 4"):
+    with pytest.raises(DataError,
+                       match=r"from row 8 \(0-based\) have 5 features; earlier rows had 4"):
         sampler.add(rng.standard_normal((3, 5)))
 
 
@@ -276,7 +277,7 @@ def test_labels_must_always_or_never_be_given(rng, labels_first):
     y = np.zeros(6, dtype=np.float32)
     sampler.add(rng.standard_normal((6, 3)), y if labels_first else None)
     state = "missing" if labels_first else "present"
-    with pytest.raises(DataError, match=f"labels are {state} from row 6"):
+    with pytest.raises(DataError, match=rf"labels are {state} from row 6 \(0-based\)"):
         sampler.add(rng.standard_normal((6, 3)), None if labels_first else y)
 
 

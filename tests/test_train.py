@@ -137,7 +137,9 @@ def assert_failed(result: subprocess.CompletedProcess, root: Path, *needles: str
     assert "\n" not in failure.strip(), failure
     for needle in needles:
         assert needle in failure, (needle, failure)
-    assert "Traceback" in result.stdout + result.stderr  # the traceback goes to the log only
+    log = result.stdout + result.stderr
+    assert "Traceback" not in log  # a user's mistake: the reason, once, no traceback
+    assert log.count("Training failed:") == 1, log
     assert model_files(root) == []
     assert not re.search(METRIC_REGEXES["test:accuracy"], result.stdout)
     return failure
@@ -441,7 +443,13 @@ def _feature_dim_mismatch(root: Path) -> tuple[str, ...]:
 def _k_above_sample(root: Path) -> tuple[str, ...]:
     write_job(root, {**BASE_HP, "k": "50", "sample_size": "20"})
     _train_file(root)
-    return "k=50", "(20)", "sample_size"
+    return "'k' (50) must not exceed 'sample_size' (20)", "Lower k or raise sample_size"
+
+
+def _k_above_rows(root: Path) -> tuple[str, ...]:
+    write_job(root, {**BASE_HP, "k": "50", "sample_size": "500"})
+    _train_file(root, TRAIN_X[:20], TRAIN_Y[:20])
+    return ("k=50 but the training data has only 20 rows",)
 
 
 def _nan_rows(root: Path) -> tuple[str, ...]:
@@ -450,7 +458,8 @@ def _nan_rows(root: Path) -> tuple[str, ...]:
     X[5, 2] = np.nan
     X[42, 0] = np.inf
     _train_file(root, X)
-    return "NaN", "train.pbr: record 5 (byte offset 300); record 42 (byte offset 2520)"
+    return "NaN", ("train.pbr: record 5 (0-based; byte offset 300); record 42 (0-based; "
+                   "byte offset 2520)")
 
 
 def _several_hosts(root: Path) -> tuple[str, ...]:
@@ -490,7 +499,8 @@ def _malformed_config(root: Path) -> tuple[str, ...]:
 
 
 FAILURES = [_bad_value, _unknown_name, _missing_train_channel, _missing_train_data,
-            _extra_channel, _corrupt_record, _feature_dim_mismatch, _k_above_sample, _nan_rows,
+            _extra_channel, _corrupt_record, _feature_dim_mismatch, _k_above_sample,
+            _k_above_rows, _nan_rows,
             _several_hosts, _no_labels, _test_features_mismatch, _many_problems, _malformed_config]
 
 

@@ -2,6 +2,8 @@
 
 A decoded block carries one of these beside its rows, so that a bad row is named by
 its record and byte offset, or its line, within its file, not by a global row number.
+Lines are numbered from 1, as editors show them; records and instances are 0-based
+indices, and say so.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ class RecordRun:
     stride: int
 
     def describe(self, row: int) -> str:
-        return f"record {self.first + row} (byte offset {self.offset + row * self.stride})"
+        return (f"record {self.first + row} (0-based; byte offset "
+                f"{self.offset + row * self.stride})")
 
 
 @dataclass(frozen=True)
@@ -30,7 +33,7 @@ class Records:
     offsets: Sequence[int]
 
     def describe(self, row: int) -> str:
-        return f"record {self.first + row} (byte offset {self.offsets[row]})"
+        return f"record {self.first + row} (0-based; byte offset {self.offsets[row]})"
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,7 @@ class Instances:
     """The instances of one JSON document, numbered from 0."""
 
     def describe(self, row: int) -> str:
-        return f"instance {row}"
+        return f"instance {row} (0-based)"
 
 
 Place = RecordRun | Records | Lines | Instances

@@ -151,6 +151,8 @@ class _Reader:
             self.buffer += block
         if self.buffer or self.parts:
             where = self.position if self.buffer else self.part_start
+            if where == 0 and looks_like_text(self.buffer):
+                raise DataError(_text_message(self.name, 0, self.buffer))
             raise DataError(f"{self.name}: byte offset {where}: truncated RecordIO record "
                             f"({len(self.buffer)} bytes left at the end of the data)")
 
@@ -178,6 +180,9 @@ class _Reader:
         magic, lrecord = _HEADER.unpack_from(self.buffer, cursor)
         offset = self.position + cursor
         if magic != MAGIC:
+            head = bytes(self.buffer[cursor : cursor + TEXT_SAMPLE])
+            if looks_like_text(head):
+                raise DataError(_text_message(self.name, offset, head))
             raise DataError(f"{self.name}: byte offset {offset}: expected the RecordIO magic "
                             f"number 0xCED7230A, found 0x{magic:08X}; not RecordIO-protobuf "
                             "data, or the previous record's length is wrong")
@@ -203,6 +208,45 @@ class _Reader:
         record = (self.part_start, MAGIC_BYTES.join(self.parts))
         self.parts = []
         return end, record
+
+
+TEXT_SAMPLE = 64
+# Bytes of text data: printable ASCII, tab, line ends, and UTF-8 sequences (0x80 and up).
+_TEXT_BYTES = np.zeros(256, dtype=bool)
+_TEXT_BYTES[[9, 10, 13, *range(32, 127), *range(128, 256)]] = True
+
+
+def looks_like_text(data: bytes) -> bool:
+    """Whether bytes read as RecordIO look like text instead (CSV, JSON, JSON Lines).
+
+    Parameters
+    ----------
+    data : bytes
+        The first bytes found where a record should start.
+
+    Returns
+    -------
+    bool
+        True for non-empty, valid UTF-8 (a sequence cut at the end allowed) of printable
+        characters, tabs and line ends.
+    """
+    sample = bytes(data[:TEXT_SAMPLE])
+    if not sample or not _TEXT_BYTES[np.frombuffer(sample, dtype=np.uint8)].all():
+        return False
+    try:
+        sample.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return err.start >= len(sample) - 3 and err.reason == "unexpected end of data"
+    return True
+
+
+def _text_message(name: str, offset: int, head: bytes) -> str:
+    shown = head[:32].decode("utf-8", errors="replace")
+    return (f"{name}: byte offset {offset}: found text ({shown!r}) where a RecordIO-protobuf "
+            "record should start (with the magic number 0xCED7230A). For CSV, JSON or JSON "
+            'Lines data, declare its content type: "ContentType": "text/csv" for the '
+            'channel in inputdataconfig.json (training jobs), content_type="text/csv" in '
+            "Python (KNN.fit, gpuknn.io.read), or the request's Content-Type header")
 
 
 def _stride(length: int) -> int:

@@ -33,6 +33,7 @@ from gpuknn.errors import (
 from gpuknn.io._record import messages
 from gpuknn.io.limits import InflateLimit
 from gpuknn.io.recordio import frame
+from gpuknn.io.text import label_column_hint
 from gpuknn.model import Answer, KNNModel
 
 OUTPUT_TYPES = (data_io.JSON, data_io.JSONLINES, data_io.RECORDIO)
@@ -191,12 +192,11 @@ def decode_request(body: bytes, content_type: str | None, feature_dim: int,
     if X is None:
         inflate = None if limits is None else InflateLimit.for_body(limits.max_payload_bytes)
         X, _ = data_io.read(_Body(body), kind, label_size=label_size, inflate=inflate)
-    if X.shape[1] != feature_dim:
-        raise DataError(f"request body: rows have {X.shape[1]} features; the model expects "
-                        f"{feature_dim}")
+    csv_label_size = label_size if kind == data_io.CSV else None
+    check_width(X.shape[1], feature_dim, csv_label_size=csv_label_size)
     if limits is not None:
         limits.check_rows(X.shape[0], feature_dim)
-    return check_rows(X, feature_dim)
+    return check_rows(X, feature_dim, csv_label_size=csv_label_size)
 
 
 def check_content_type(header: str | None) -> tuple[str, dict[str, str]]:
@@ -228,21 +228,49 @@ def _fast_csv(body: bytes) -> np.ndarray | None:
     """numpy's C parser for well-formed CSV; None sends the body to the strict parser.
 
     The strict parser (:mod:`gpuknn.io.text`) names the line and column of any fault;
-    this path only takes bodies it cannot misread: no gzip, no blank lines.
+    this path only takes bodies it cannot misread: no gzip, and one row per line up to
+    the last row (numpy skips blank lines, which the strict parser refuses unless they end
+    the body).
     """
-    if (body.startswith(_GZIP_MAGIC) or b"\n\n" in body or b"\n\r\n" in body
-            or not body.strip()):
+    text = body.rstrip()  # final blank lines and line ends are allowed on every path
+    if body.startswith(_GZIP_MAGIC) or not text:
         return None
     try:
-        rows = np.loadtxt(io.BytesIO(body), delimiter=",", dtype=np.float32, ndmin=2,
+        rows = np.loadtxt(io.BytesIO(text), delimiter=",", dtype=np.float32, ndmin=2,
                           comments=None, encoding="utf-8")
     except (ValueError, UnicodeDecodeError):
+        return None
+    if rows.shape[0] != text.count(b"\n") + 1:  # numpy skipped a blank line
         return None
     return rows if rows.size else None
 
 
+def check_width(found: int, feature_dim: int, *, where: str = "request body",
+                csv_label_size: int | None = None) -> None:
+    """Refuse rows whose feature count is not the model's.
+
+    Parameters
+    ----------
+    found : int
+        Features per row in the input.
+    feature_dim : int
+        The width the model expects.
+    where : str
+        Names the input in error messages.
+    csv_label_size : int, optional
+        For CSV input, its label columns: a width off by one without a label column
+        asks whether a label was included.
+    """
+    if found == feature_dim:
+        return
+    hint = (label_column_hint(found, feature_dim, "inference")
+            if csv_label_size == 0 else "")
+    raise DataError(f"{where}: rows have {found} feature{'s' if found != 1 else ''}; the "
+                    f"model expects {feature_dim}.{hint}")
+
+
 def check_rows(X, feature_dim: int, *, where: str = "request body",
-               first_row: int = 0) -> np.ndarray:
+               first_row: int = 0, csv_label_size: int | None = None) -> np.ndarray:
     """Query rows as a dense float32 array, refusing a wrong width and non-finite values.
 
     Parameters
@@ -253,15 +281,15 @@ def check_rows(X, feature_dim: int, *, where: str = "request body",
     where : str
         Names the input in error messages.
     first_row : int
-        Number of the first row of ``X`` in that input (counted from 0).
+        Index of the first row of ``X`` in that input (0-based).
+    csv_label_size : int, optional
+        Label columns of CSV input (see :func:`check_width`).
 
     Returns
     -------
     ndarray of shape (n_rows, feature_dim), float32
     """
-    if X.shape[1] != feature_dim:
-        raise DataError(f"{where}: rows have {X.shape[1]} features; the model expects "
-                        f"{feature_dim}")
+    check_width(X.shape[1], feature_dim, where=where, csv_label_size=csv_label_size)
     if sp.issparse(X):
         X = X.toarray()
     with np.errstate(over="ignore"):
@@ -271,7 +299,7 @@ def check_rows(X, feature_dim: int, *, where: str = "request body",
         rows = ", ".join(str(int(r)) for r in bad[:10])
         more = f" and {bad.size - 10} more" if bad.size > 10 else ""
         noun = "row" if bad.size == 1 else "rows"
-        raise DataError(f"{where}: {noun} {rows}{more} (counted from 0) with NaN, infinite "
+        raise DataError(f"{where}: {noun} {rows}{more} (0-based) with NaN, infinite "
                         "or out-of-float32-range values")
     return X
 

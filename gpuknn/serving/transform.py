@@ -178,8 +178,10 @@ def _batches(source: Path, job: TransformJob, split: str,
         return
     kind, parameters = formats.check_content_type(job.content_type)
     label_size = formats.label_size_of(parameters)
+    csv_label_size = label_size if kind == data_io.CSV else None
     first_row = 0
     for X, _ in data_io.iter_batches(source, kind, batch_size=job.batch_rows,
                                      label_size=label_size):
-        yield formats.check_rows(X, model.feature_dim, where=f"{source}", first_row=first_row)
+        yield formats.check_rows(X, model.feature_dim, where=f"{source}", first_row=first_row,
+                                 csv_label_size=csv_label_size)
         first_row += X.shape[0]
