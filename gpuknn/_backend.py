@@ -7,6 +7,7 @@ calls array functions through it, so the CPU and GPU paths share one code path.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from types import ModuleType
 from typing import Any
@@ -19,18 +20,34 @@ DEVICES = ("auto", "cpu", "gpu")
 
 
 @functools.lru_cache(maxsize=1)
-def _cupy() -> ModuleType | None:
-    """Return the cupy module when it imports and sees a CUDA device, else None."""
+def _probe() -> tuple[ModuleType | None, str]:
+    """(cupy, "") when CuPy imports and sees a CUDA device, else (None, the reason)."""
     try:
         import cupy  # noqa: PLC0415 - CuPy is optional and imported only here
-    except Exception:
-        return None
+    except Exception as err:
+        return None, f"CuPy is not installed or does not import ({type(err).__name__})"
     try:
-        if cupy.cuda.runtime.getDeviceCount() < 1:
-            return None
-    except Exception:
-        return None
-    return cupy
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as err:
+        return None, f"CuPy finds no usable CUDA driver or device ({_first_line(err)})"
+    if count < 1:
+        return None, "CuPy sees no CUDA device"
+    return cupy, ""
+
+
+def _cupy() -> ModuleType | None:
+    """The cupy module when it imports and sees a CUDA device, else None."""
+    return _probe()[0]
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def gpu_unavailable_reason() -> str:
+    """Why no GPU is usable ("" when one is): no CuPy, no driver, or no device."""
+    return _probe()[1]
 
 
 def usable_cores() -> int:
@@ -57,13 +74,21 @@ def resolve_device(device: str) -> str:
     if device not in DEVICES:
         raise DeviceError(f"device must be one of {', '.join(DEVICES)}; got {device!r}")
     if device == "auto":
-        return "gpu" if has_gpu() else "cpu"
+        if has_gpu():
+            return "gpu"
+        _say_once(f"no GPU found ({gpu_unavailable_reason()}): running on the CPU")
+        return "cpu"
     if device == "gpu" and not has_gpu():
         raise DeviceError(
-            "device='gpu' was requested but no GPU is usable: install the 'gpu' extra "
-            "(cupy-cuda12x) and check that a CUDA device is visible, or use device='cpu'"
-        )
+            f"device='gpu' was requested but no GPU is usable ({gpu_unavailable_reason()}): "
+            "install the 'gpu' extra (cupy-cuda12x) and check that a CUDA device is visible, "
+            "or use device='cpu'")
     return device
+
+
+@functools.lru_cache(maxsize=8)
+def _say_once(message: str) -> None:
+    logging.getLogger("gpuknn").info(message)
 
 
 def array_module(device: str) -> ModuleType:
