@@ -84,8 +84,19 @@ def test_smoke_script_passes_on_the_cpu_image(engine, cpu_image):
                     reason="the GPU image downloads about 1.5 GB of CUDA wheels; set "
                            "GPUKNN_CONTAINER_GPU_IMAGE=1 to build and smoke it")
 def test_smoke_script_passes_on_the_gpu_image(engine):
+    """Without a GPU: CuPy and faiss-gpu import, quickstart says why it runs on the CPU, and
+    the whole contract (train, serve, SIGTERM) works with the device on auto."""
     result = smoke(engine, "docker/Dockerfile.gpu", "gpuknn:gpu")
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    imports = subprocess.run([engine, "run", "--rm", "--entrypoint", "python", "gpuknn:gpu", "-c",
+                              "import cupy, faiss; print(cupy.__version__, faiss.__version__)"],
+                             capture_output=True, text=True, timeout=300, check=False)
+    assert imports.returncode == 0, imports.stderr[-3000:]
+    quickstart = subprocess.run([engine, "run", "--rm", "gpuknn:gpu"], capture_output=True,
+                                text=True, timeout=300, check=False)
+    assert quickstart.returncode == 0, quickstart.stdout[-3000:] + quickstart.stderr[-3000:]
+    assert "no GPU found (" in quickstart.stdout and "): running on the CPU" in quickstart.stdout
+    assert "test accuracy: 0.9565" in quickstart.stdout
 
 
 @pytest.fixture(scope="module")
