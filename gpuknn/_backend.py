@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from gpuknn.errors import DeviceError
+from gpuknn.errors import DeviceError, first_line
 
 DEVICES = ("auto", "cpu", "gpu")
 
@@ -29,7 +29,7 @@ def _probe() -> tuple[ModuleType | None, str]:
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as err:
-        return None, f"CuPy finds no usable CUDA driver or device ({_first_line(err)})"
+        return None, f"CuPy finds no usable CUDA driver or device ({first_line(err)})"
     if count < 1:
         return None, "CuPy sees no CUDA device"
     return cupy, ""
@@ -38,11 +38,6 @@ def _probe() -> tuple[ModuleType | None, str]:
 def _cupy() -> ModuleType | None:
     """The cupy module when it imports and sees a CUDA device, else None."""
     return _probe()[0]
-
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def gpu_unavailable_reason() -> str:

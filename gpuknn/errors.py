@@ -78,3 +78,9 @@ class NotFittedError(GpuknnError, AttributeError):
 
 class DependencyError(GpuknnError, ImportError):
     """An optional dependency (faiss, cupy) is needed but not installed."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when it has none."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

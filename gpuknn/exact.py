@@ -174,8 +174,8 @@ class ExactSearch:
         partition's k winners instead, when it searches)."""
         if self._partition is not None:
             return self._partition.candidates(
-                ranked, k, self._space, lambda which, rows: self._pair_scores(queries[which],
-                                                                              rows))
+                ranked, k, self._space,
+                lambda which, rows: self._pair_scores(queries, which, rows))
         queries = ranked
         xp = self.xp
         width = self._block_width(queries.shape[0])
@@ -221,33 +221,27 @@ class ExactSearch:
                                    xp=self.xp)
         return merge_k(self._exact_scores(queries, winners), winners, k, xp=self.xp)
 
-    def _pair_scores(self, queries: Any, rows: Any) -> Any:
-        """Direct squared L2 of each (query, base row) pair: (n,) float32, the same values
-        as :meth:`_exact_scores` gives for the same pair."""
+    def _pair_scores(self, queries: Any, which: Any, rows: Any) -> Any:
+        """Direct squared L2 (or negated inner product) of each pair (``queries[which[i]]``,
+        base row ``rows[i]``): (n_pairs,) float32. The one scorer of the finalists, for the
+        tiles and the partition alike, so that both rank by the same values."""
         out = self.xp.empty(len(rows), dtype=self.xp.float32)
         step = max(1, RECOMPUTE_BUDGET // max(self.dim, 1))
         for start in range(0, len(rows), step):
             part = slice(start, start + step)
-            diff = self.vectors[rows[part]] - queries[part]
-            out[part] = (diff * diff).sum(axis=1)
+            neighbours, query = self.vectors[rows[part]], queries[which[part]]
+            if self.metric == "L2":
+                diff = neighbours - query
+                out[part] = (diff * diff).sum(axis=1)
+            else:
+                out[part] = -(neighbours * query).sum(axis=1)
         return out
 
     def _exact_scores(self, queries: Any, columns: Any) -> Any:
-        """Direct squared L2 (or negated inner product) between queries and their candidates."""
-        xp = self.xp
+        """:meth:`_pair_scores` of every query with each of its candidates: (n, k) float32."""
         n_rows, k = columns.shape
-        out = xp.empty((n_rows, k), dtype=xp.float32)
-        step = max(1, RECOMPUTE_BUDGET // max(k * self.dim, 1))
-        for start in range(0, n_rows, step):
-            rows = slice(start, min(start + step, n_rows))
-            neighbours = self.vectors[columns[rows]]
-            query = queries[rows][:, None, :]
-            if self.metric == "L2":
-                diff = neighbours - query
-                out[rows] = (diff * diff).sum(axis=2)
-            else:
-                out[rows] = -(neighbours * query).sum(axis=2)
-        return out
+        which = self.xp.repeat(self.xp.arange(n_rows), k)
+        return self._pair_scores(queries, which, columns.reshape(-1)).reshape(n_rows, k)
 
 
 def default_tile_bytes(xp: ModuleType) -> int:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from gpuknn.errors import DataError, DependencyError, ModelFileError
+from gpuknn.errors import DataError, DependencyError, ModelFileError, first_line
 from gpuknn.faiss_gpu import GPU_MAX_K, GpuIVF, faiss_has_gpu
 from gpuknn.metrics import MISSING_INDEX, faiss_metric, missing_distance
 
@@ -104,7 +104,7 @@ class IVFSearch:
                 return cls(gpu.to_cpu(faiss), metric, nprobe, gpu=gpu)
             except RuntimeError as err:
                 log.warning("faiss-gpu could not build the %s index (%s); building it on "
-                            "the CPU", index_type, _first_line(err))
+                            "the CPU", index_type, first_line(err))
         index.train(vectors)
         index.add(vectors)
         return cls(index, metric, nprobe)
@@ -125,7 +125,7 @@ class IVFSearch:
                                        nprobe=self.nprobe)
         except RuntimeError as err:
             log.warning("faiss-gpu could not load the %s index (%s); it searches on the CPU",
-                        kind, _first_line(err))
+                        kind, first_line(err))
         return self
 
     @property
@@ -226,11 +226,6 @@ def _gpu_usable(faiss: ModuleType, nprobe: int) -> bool:
     return True
 
 
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
 def flat_index_bytes(vectors: np.ndarray, metric: str) -> bytes:
     """faiss's file form of an ``IndexFlat`` holding ``vectors``."""
     faiss = require_faiss()
@@ -250,7 +245,7 @@ def read_index(data: bytes, name: str) -> Any:
     try:
         return faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
     except RuntimeError as err:
-        raise ModelFileError(f"{name}: not a readable faiss index ({_first_line(err)})") from None
+        raise ModelFileError(f"{name}: not a readable faiss index ({first_line(err)})") from None
 
 
 def map_index_file(path: str) -> Any:
@@ -263,7 +258,7 @@ def map_index_file(path: str) -> Any:
     try:
         return faiss.read_index(path, faiss.IO_FLAG_MMAP)
     except RuntimeError as err:
-        raise ModelFileError(f"{path}: not a readable faiss index ({_first_line(err)})") from None
+        raise ModelFileError(f"{path}: not a readable faiss index ({first_line(err)})") from None
 
 
 def flat_vectors(index: Any) -> np.ndarray:

@@ -157,7 +157,8 @@ def _verbose(value: str) -> bool:
 
 # -- requests --------------------------------------------------------------------------------
 def decode_request(body: bytes, content_type: str | None, feature_dim: int,
-                   limits: RequestLimits | None = None) -> np.ndarray:
+                   limits: RequestLimits | None = None, *,
+                   where: str = "request body") -> np.ndarray:
     """The query rows of a request body, checked against the model.
 
     Parameters
@@ -169,6 +170,8 @@ def decode_request(body: bytes, content_type: str | None, feature_dim: int,
         Features the model expects per row.
     limits : RequestLimits, optional
         Bounds on the inflated body and on the rows (413 beyond them).
+    where : str
+        Names the body in error messages (batch transform: the file).
 
     Returns
     -------
@@ -186,17 +189,17 @@ def decode_request(body: bytes, content_type: str | None, feature_dim: int,
     """
     kind, parameters = check_content_type(content_type)
     if not body:
-        raise DataError("the request body is empty; send at least one row")
+        raise DataError(f"the {where} is empty; send at least one row")
     label_size = label_size_of(parameters)
     X = _fast_csv(body) if kind == data_io.CSV and label_size == 0 else None
     if X is None:
         inflate = None if limits is None else InflateLimit.for_body(limits.max_payload_bytes)
-        X, _ = data_io.read(_Body(body), kind, label_size=label_size, inflate=inflate)
+        X, _ = data_io.read(_Body(body, where), kind, label_size=label_size, inflate=inflate)
     csv_label_size = label_size if kind == data_io.CSV else None
-    check_width(X.shape[1], feature_dim, csv_label_size=csv_label_size)
+    check_width(X.shape[1], feature_dim, where=where, csv_label_size=csv_label_size)
     if limits is not None:
         limits.check_rows(X.shape[0], feature_dim)
-    return check_rows(X, feature_dim, csv_label_size=csv_label_size)
+    return check_rows(X, feature_dim, where=where, csv_label_size=csv_label_size)
 
 
 def check_content_type(header: str | None) -> tuple[str, dict[str, str]]:
@@ -221,7 +224,9 @@ def label_size_of(parameters: dict[str, str]) -> int:
 class _Body(io.BytesIO):
     """A request body, named in error messages."""
 
-    name = "request body"
+    def __init__(self, body: bytes, name: str):
+        super().__init__(body)
+        self.name = name
 
 
 def _fast_csv(body: bytes) -> np.ndarray | None:

@@ -170,11 +170,9 @@ def _batches(source: Path, job: TransformJob, split: str,
              model: KNNModel) -> Iterator[np.ndarray]:
     if split == "None":
         limits = formats.RequestLimits.for_model(model, int(job.max_payload_mb * (1 << 20)))
-        try:
-            yield formats.decode_request(_whole_file(source, job.max_payload_mb),
-                                         job.content_type, model.feature_dim, limits)
-        except ClientError as err:  # the decoder names "request body": name the file
-            raise type(err)(str(err).replace("request body", str(source), 1)) from None
+        yield formats.decode_request(_whole_file(source, job.max_payload_mb),
+                                     job.content_type, model.feature_dim, limits,
+                                     where=str(source))
         return
     kind, parameters = formats.check_content_type(job.content_type)
     label_size = formats.label_size_of(parameters)
