@@ -84,3 +84,10 @@ def first_line(err: BaseException) -> str:
     """The first line of an exception's message, or its type's name when it has none."""
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
+
+
+class ClusterError(GpuknnError):
+    """A multi-host job lost a host, the leader or its cluster, or waited for one in vain.
+
+    Not a :class:`ClientError`: the data may be fine; a machine or the network failed.
+    """

@@ -72,7 +72,7 @@ class KNN:
         return {"device": self.device, **self.hyperparameters.to_dict()}
 
     def fit(self, X: Any, y: Any = None, *, content_type: str = "application/x-recordio-protobuf",
-            label_size: int | None = None) -> KNN:
+            label_size: int | None = None, ray_address: str | None = None) -> KNN:
         """Sample the training rows, reduce them and build the index.
 
         Parameters
@@ -90,17 +90,27 @@ class KNN:
             ``text/csv`` (first column the label), JSON or JSON Lines.
         label_size : int, optional
             CSV label columns (default 1).
+        ray_address : str, optional
+            Sample on a Ray cluster (``pip install "gpuknn[ray]"``): ``host:port`` of its
+            head, or ``"auto"``. A list of sources (``[shard, ...]``: files,
+            directories, manifests) is always sampled on Ray, on a local cluster when
+            no address is given. Each shard is read where the cluster runs it, sampled
+            there, and only the samples travel; the model is the one multi-host
+            ``gpuknn train`` builds with the shards as its hosts' ``ShardedByS3Key``
+            data, for the same seed (row ids number the shards' rows in shard order).
 
         Returns
         -------
         self
         """
+        if _is_shards(X) or ray_address is not None:
+            return self._fit_on_ray(_as_shards(X, y), content_type, label_size, ray_address)
         started = time.perf_counter()
         device = _backend.resolve_device(self.device)
         hp = self.hyperparameters
         sampler = ReservoirSampler(hp.sample_size, seed=hp.seed)
         for features, labels in self._batches(X, y, content_type, label_size):
-            sampler.add(_dense(features, hp) if sp.issparse(features) else features, labels)
+            sampler.add(densify(features, hp) if sp.issparse(features) else features, labels)
         features, labels, ids = sampler.result()
         if labels is None and _is_source(X):
             raise DataError(f"{io.sources.name_of(X)}: the training data has no labels "
@@ -110,6 +120,21 @@ class KNN:
                     time.perf_counter() - started)
         self.model = build_model(features, labels, ids, hp, device=device,
                                  rows_seen=sampler.rows_seen)
+        return self
+
+    def _fit_on_ray(self, shards: list[str], content_type: str, label_size: int | None,
+                    ray_address: str | None) -> KNN:
+        from gpuknn.distributed.fitting import fit_shards  # noqa: PLC0415 - needs Ray
+
+        device = _backend.resolve_device(self.device)
+        hp = self.hyperparameters
+        merged = fit_shards(shards, content_type, hp, label_size, ray_address)
+        if merged.labels is None:
+            raise DataError(f"{', '.join(shards)}: the training data has no labels "
+                            "(label[\"values\"] in RecordIO records, the first column of CSV "
+                            "with label_size=1); k-NN predicts from the neighbours' labels")
+        self.model = build_model(merged.features, merged.labels, merged.ids, hp,
+                                 device=device, rows_seen=merged.rows_seen)
         return self
 
     def _batches(self, X: Any, y: Any, content_type: str, label_size: int | None,
@@ -218,7 +243,7 @@ def _check_csv_layout(width: int, labelled: bool, name: str, feature_dim: int | 
                                f"features per row ({columns}).{hint}"])
 
 
-def _dense(features: sp.spmatrix, hp: Hyperparameters) -> np.ndarray:
+def densify(features: sp.spmatrix, hp: Hyperparameters) -> np.ndarray:
     """A sparse batch as a dense array, refused before allocating when it cannot fit.
 
     Raises
@@ -245,6 +270,23 @@ def _dense(features: sp.spmatrix, hp: Hyperparameters) -> np.ndarray:
 def _is_source(X: Any) -> bool:
     """A path (file, directory, manifest, pipe) or an open binary file."""
     return isinstance(X, (str, os.PathLike)) or hasattr(X, "read")
+
+
+def _is_shards(X: Any) -> bool:
+    """A list or tuple of paths: the shards of a data set, sampled on Ray."""
+    return isinstance(X, (list, tuple)) and bool(X) and all(
+        isinstance(item, (str, os.PathLike)) for item in X)
+
+
+def _as_shards(X: Any, y: Any) -> list[str]:
+    if y is not None:
+        raise DataError("y must be None when X is a list of shards: labels come from them")
+    if _is_source(X) and not hasattr(X, "read"):
+        return [str(X)]
+    if not _is_shards(X):
+        raise DataError("with ray_address, X must be a source path or a list of them "
+                        f"(files, directories, manifests); got {type(X).__name__}")
+    return [str(item) for item in X]
 
 
 def _is_array(X: Any) -> bool:

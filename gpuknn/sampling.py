@@ -26,12 +26,16 @@ class ReservoirSampler:
         Rows to keep; a stream with fewer rows is kept whole.
     seed : int
         Seed of the draws.
+    host : int, optional
+        The host's rank when several hosts sample parts of one data set: each draws from
+        its own stream of the seed. None (one host) keeps the single-host stream.
     """
 
-    def __init__(self, sample_size: int, seed: int = 0):
+    def __init__(self, sample_size: int, seed: int = 0, host: int | None = None):
         self.sample_size = int(sample_size)
         self.rows_seen = 0
-        self._rng = np.random.default_rng([seed, _SEED_STREAM])
+        stream = [seed, _SEED_STREAM] if host is None else [seed, _SEED_STREAM, host]
+        self._rng = np.random.default_rng(stream)
         self._features: np.ndarray | None = None
         self._labels: np.ndarray | None = None
         self._ids: np.ndarray | None = None

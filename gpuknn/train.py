@@ -32,7 +32,7 @@ import numpy as np
 
 from gpuknn import _backend, io, model_io
 from gpuknn.environment import Channel, TrainingEnvironment, resolve_root
-from gpuknn.errors import ClientError, DataError, GpuknnError
+from gpuknn.errors import ClientError, ClusterError, DataError, DependencyError, GpuknnError
 from gpuknn.estimator import KNN, describe_csv
 from gpuknn.hyperparameters import Hyperparameters, parse
 from gpuknn.io.text import label_column_hint
@@ -62,7 +62,7 @@ def main(root: str | Path | None = None) -> int:
         _fail(env, root, "Training was stopped (SIGTERM) before it finished; no model was "
                          "written.")
         return EXIT_STOPPED
-    except ClientError as err:
+    except (ClientError, ClusterError, DependencyError) as err:
         _fail(env, root, str(err))
         return EXIT_FAILED
     except MemoryError:
@@ -88,8 +88,19 @@ def train(env: TrainingEnvironment) -> dict[str, float]:
     logger.info("Final configuration: %s", json.dumps(hp.to_strings(), sort_keys=True))
     logger.info("Host %s of %s; device %s", env.current_host, list(env.hosts),
                 _backend.device_name(_backend.array_module(device)))
-    started = time.perf_counter()
+    if len(env.hosts) > 1:
+        from gpuknn.distributed import hosts  # noqa: PLC0415 - needs Ray, only here
+
+        return hosts.train(env, hp, device, lambda model, seconds: _finish(
+            env, hp, model, seconds))
     model, seconds = _fit(env, hp, device)
+    return _finish(env, hp, model, seconds)
+
+
+def _finish(env: TrainingEnvironment, hp: Hyperparameters, model: KNNModel,
+            seconds: float) -> dict[str, float]:
+    """Log the training metrics, save the model, score the test channel."""
+    started = time.perf_counter()
     rows = model.rows_seen
     throughput = rows / max(seconds, 1e-9)
     logger.info("Read %d records in %.2f s; sample of %d rows x %d features", rows, seconds,
@@ -117,9 +128,6 @@ def _check_job(env: TrainingEnvironment) -> None:
         raise ClientError("The 'train' channel is required: put the training data in "
                           f"{Channel('train').source(env.root)} (File mode) or declare it "
                           "in inputdataconfig.json.")
-    if len(env.hosts) > 1:
-        raise ClientError(f"Training on {len(env.hosts)} hosts ({', '.join(env.hosts)}) is "
-                          "not supported yet: run the job with instance_count=1.")
 
 
 def _fit(env: TrainingEnvironment, hp: Hyperparameters, device: str) -> tuple[KNNModel, float]:

@@ -462,12 +462,6 @@ def _nan_rows(root: Path) -> tuple[str, ...]:
                    "byte offset 2520)")
 
 
-def _several_hosts(root: Path) -> tuple[str, ...]:
-    write_job(root, BASE_HP, hosts=("algo-1", "algo-2"))
-    _train_file(root)
-    return "2 hosts", "algo-1, algo-2", "instance_count=1"
-
-
 def _no_labels(root: Path) -> tuple[str, ...]:
     write_job(root, BASE_HP)
     path = _train_file(root, y=None)
@@ -500,8 +494,8 @@ def _malformed_config(root: Path) -> tuple[str, ...]:
 
 FAILURES = [_bad_value, _unknown_name, _missing_train_channel, _missing_train_data,
             _extra_channel, _corrupt_record, _feature_dim_mismatch, _k_above_sample,
-            _k_above_rows, _nan_rows,
-            _several_hosts, _no_labels, _test_features_mismatch, _many_problems, _malformed_config]
+            _k_above_rows, _nan_rows, _no_labels, _test_features_mismatch, _many_problems,
+            _malformed_config]
 
 
 @pytest.mark.parametrize("setup", FAILURES, ids=[f.__name__.strip("_") for f in FAILURES])

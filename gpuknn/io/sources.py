@@ -69,7 +69,7 @@ def iter_streams(source: Any, inflate: InflateLimit | None = None) -> Iterator[S
     path = Path(source)
     if not path.exists():
         raise DataError(f"{path}: no such file or directory")
-    files = _files_of(path)
+    files = files_of(path)
     if not files:
         raise DataError(f"{path}: the directory holds no data files")
     for file in files:
@@ -81,7 +81,8 @@ def iter_streams(source: Any, inflate: InflateLimit | None = None) -> Iterator[S
             yield stream
 
 
-def _files_of(path: Path) -> list[Path]:
+def files_of(path: Path) -> list[Path]:
+    """The files a source path stands for, in reading order (see the module's docstring)."""
     if path.is_dir():
         return sorted(p for p in path.rglob("*") if p.is_file()
                       and not any(part.startswith(".") for part in p.relative_to(path).parts))
