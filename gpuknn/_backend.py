@@ -46,11 +46,16 @@ def gpu_unavailable_reason() -> str:
 
 
 def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity where the OS reports one)."""
+    """CPU cores this process may use: its affinity where the OS reports one, capped by
+    ``$OMP_NUM_THREADS`` when that is set (Ray sets it to a task's or actor's CPUs, so that
+    a 1-CPU Ray worker parses and searches on one thread, not on every core of its node).
+    """
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    budget = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return min(cores, int(budget)) if budget.isdigit() and int(budget) > 0 else cores
 
 
 def has_gpu() -> bool:

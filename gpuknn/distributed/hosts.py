@@ -254,10 +254,11 @@ def _sample_and_build(ray: Any, env: TrainingEnvironment, hp: Hyperparameters,
     hosts = len(env.hosts)
     parts = [parts_.Part(rank, hosts, channel.name, _distribution(channel), channel=True)
              for rank in range(hosts)]
+    cpus = _cpus_per_host(ray, hosts)
     samples = sample_parts(ray, parts, list(env.hosts), content_type=channel.content_type,
                            hyperparameters=hp.to_strings(),
                            placement=lambda part: {"resources": {_resource(part.rank): 0.001},
-                                                   "num_cpus": 1})
+                                                   "num_cpus": cpus[part.rank]})
     if _distribution(channel) == parts_.REPLICATED:
         _check_same_files(samples, channel)
     merged = merge_parts(samples, hp.sample_size, hp.seed)
@@ -266,6 +267,17 @@ def _sample_and_build(ray: Any, env: TrainingEnvironment, hp: Hyperparameters,
                         "(label[\"values\"] in RecordIO records, the first column of CSV)")
     return build_model(merged.features, merged.labels, merged.ids, hp, device=device,
                        rows_seen=merged.rows_seen)
+
+
+def _cpus_per_host(ray: Any, hosts: int) -> list[float]:
+    """Each host's CPUs: its sampling task takes them all (one task per host)."""
+    cpus = [1.0] * hosts
+    for node in ray.nodes():
+        resources = node.get("Resources", {})
+        for rank in range(hosts):
+            if node.get("Alive") and _resource(rank) in resources:
+                cpus[rank] = max(1.0, float(resources.get("CPU", 1.0)))
+    return cpus
 
 
 def _distribution(channel: Channel) -> str:
