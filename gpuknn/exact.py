@@ -66,14 +66,17 @@ class ExactSearch:
         else 16 MiB on the CPU (stays in cache) and 1 GiB on a GPU. Besides the tile, a
         GPU holds the base twice (the vectors and their scaled copy): a 10M x 128 base
         takes 10.2 GB.
-    partition : {"auto", "never", "always"}
+    partition : {"auto", "never", "always"} or ClusterPartition
         Cluster pruning (:mod:`gpuknn.partition`, L2 on the CPU with faiss installed):
         ``"auto"`` builds it for large bases and keeps it only where it pays off on the
-        data, ``"always"`` builds it whatever the size, ``"never"`` searches by brute force.
+        data, ``"always"`` builds it whatever the size, ``"never"`` searches by brute force;
+        a ``ClusterPartition`` (a stored one, of these vectors) is used as it is, with no
+        k-means.
     """
 
     def __init__(self, vectors: Any, metric: str, *, xp: ModuleType = np,
-                 tile_bytes: int | None = None, partition: str = "auto"):
+                 tile_bytes: int | None = None,
+                 partition: str | partition_module.ClusterPartition = "auto"):
         self.xp = xp
         self.metric = metric
         self.tile_bytes = int(tile_bytes) if tile_bytes is not None else default_tile_bytes(xp)
@@ -87,7 +90,9 @@ class ExactSearch:
         self._center = xp.round(self.vectors.mean(axis=0)) if metric == "L2" else None
         base = self.vectors - self._center if metric == "L2" else self.vectors
         self._partition, self._space = None, None
-        if metric == "L2" and xp is np and partition != "never":
+        if isinstance(partition, partition_module.ClusterPartition):
+            partition = self._use_stored(partition, base)
+        if metric == "L2" and xp is np and partition not in ("never", "stored"):
             self._partition, self._space = _partition(base, self.vectors, self._center,
                                                       always=partition == "always")
         self._bound = RoundingBound.of(base, metric, xp=xp)
@@ -100,10 +105,34 @@ class ExactSearch:
         else:
             self._scaled, self._sq_norms = self.vectors * xp.float32(-1.0), None
 
+    def _use_stored(self, partition: partition_module.ClusterPartition, base: Any) -> str:
+        """Search through a stored partition: "stored" when it is used, "never" for a search
+        that cannot use one, "auto" (rebuild) when it was centred on another centre."""
+        if self.metric != "L2" or self.xp is not np:
+            return "never"
+        if partition.center is not None and not np.array_equal(partition.center, self._center):
+            log.warning("the stored cluster partition was made for another centre of the "
+                        "base: building it again")
+            return "auto"
+        self._partition = partition
+        self._space = partition_module.search_space(partition, base, self.vectors,
+                                                    self._center)
+        return "stored"
+
     @property
     def partitioned(self) -> bool:
         """Whether searches use cluster pruning."""
         return self._partition is not None
+
+    @property
+    def partition(self) -> partition_module.ClusterPartition | None:
+        """The cluster partition searches use, if any (a model file stores it)."""
+        return self._partition
+
+    @property
+    def center(self) -> Any:
+        """The whole-number centre an L2 base is shifted by (None for inner products)."""
+        return self._center
 
     @property
     def ntotal(self) -> int:

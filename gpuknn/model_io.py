@@ -5,6 +5,9 @@
 ``model_algo-1.labels``         labels, little-endian float32, one per indexed row
 ``model_algo-1.ids``            training row numbers, little-endian int64
 ``model_algo-1.reduction.npz``  the reduction's arrays (only with a reduction)
+``model_algo-1.partition.npz``  a ``faiss.Flat`` L2 index's cluster partition (format 2,
+                                only where exact search prunes with one), so that
+                                loading runs no k-means
 ``model_algo-1.json``           metadata: format version, ``k``, ``predictor_type``,
                                 all hyperparameters, dimensions, file checksums
 =============================== ================================================
@@ -25,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import tarfile
 import tempfile
@@ -50,14 +54,21 @@ from gpuknn.faiss_index import (
 from gpuknn.hyperparameters import parse
 from gpuknn.index_file import flat_vectors, read_header
 from gpuknn.model import KNNModel, Preparation, check_k
+from gpuknn.partition import MIN_ROWS as MIN_PARTITION_ROWS
+from gpuknn.partition import ClusterPartition
 from gpuknn.reduction import REDUCTIONS
 
+logger = logging.getLogger("gpuknn")
 FORMAT = "gpuknn-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Format 1 (gpuknn before the partition was stored) still loads: a large Flat L2 base then
+# runs k-means again at every load, and the log says so.
+READABLE_VERSIONS = (1, 2)
 PREFIX = "model_algo-1"
 INDEX, LABELS, IDS = PREFIX, f"{PREFIX}.labels", f"{PREFIX}.ids"
 REDUCTION, METADATA = f"{PREFIX}.reduction.npz", f"{PREFIX}.json"
-KNOWN_FILES = (INDEX, LABELS, IDS, REDUCTION, METADATA)
+PARTITION = f"{PREFIX}.partition.npz"
+KNOWN_FILES = (INDEX, LABELS, IDS, REDUCTION, PARTITION, METADATA)
 MAX_METADATA_BYTES = 1 << 20
 READ_CHUNK_BYTES = 16 << 20
 
@@ -87,6 +98,11 @@ def _model_files(model: KNNModel) -> dict[str, bytes]:
         buffer = io.BytesIO()
         np.savez(buffer, **model.preparation.reduction.to_arrays())
         files[REDUCTION] = buffer.getvalue()
+    partition = getattr(model.index, "partition", None)
+    if partition is not None:
+        buffer = io.BytesIO()
+        np.savez(buffer, **partition.to_arrays(_backend.to_host(model.index.center)))
+        files[PARTITION] = buffer.getvalue()
     files[METADATA] = json.dumps(_metadata(model, files), indent=2).encode()
     return files
 
@@ -115,7 +131,8 @@ def _metadata(model: KNNModel, files: dict[str, bytes]) -> dict[str, Any]:
         "normalize": prep.normalize,
         "index": {"type": hp.index_type, "metric": hp.index_metric, "dim": prep.index_dim,
                   "ntotal": model.n_indexed, "pq_m": prep.pq_m,
-                  "nprobe": getattr(model.index, "nprobe", None)},
+                  "nprobe": getattr(model.index, "nprobe", None),
+                  "partition": PARTITION in files},
         "has_labels": model.labels is not None,
         "rows_seen": model.rows_seen,
         "gpuknn_version": __version__,
@@ -396,14 +413,17 @@ def _read_metadata(files: dict[str, bytes], origin: Path) -> dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ModelFileError(f"{origin / METADATA}: not a gpuknn model (format is not {FORMAT!r})")
     version = meta.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS or isinstance(version, bool):
         raise ModelFileError(f"{origin / METADATA}: model format version {version!r}; this "
-                             f"gpuknn {__version__} reads version {FORMAT_VERSION}")
+                             f"gpuknn {__version__} reads versions "
+                             f"{', '.join(map(str, READABLE_VERSIONS))}")
     missing = [key for key in _SCHEMA if key not in meta]
     if missing:
         raise ModelFileError(f"{origin / METADATA}: missing keys {', '.join(missing)}")
     _check_types(meta, _SCHEMA, origin / METADATA, "")
     _check_types(meta["index"], _INDEX_SCHEMA, origin / METADATA, "index.")
+    if version >= 2:
+        _check_types(meta["index"], {"partition": _FLAG}, origin / METADATA, "index.")
     if meta.get("dimension_reduction") is not None:
         _check_types(meta["dimension_reduction"], _REDUCTION_SCHEMA, origin / METADATA,
                      "dimension_reduction.")
@@ -541,10 +561,12 @@ def _index(files: dict[str, bytes], meta: dict[str, Any], hp, device: str, origi
                              f"{declared[1]} x {declared[2]} ({declared[3]})")
     if header.kind == "faiss.Flat":
         vectors = flat_vectors(files[INDEX], name)
+        partition = _stored_partition(files, meta, origin)
         if not build:
             return None
         xp = _backend.array_module(device)
-        return ExactSearch(_backend.to_device(vectors, xp), hp.index_metric, xp=xp)
+        return ExactSearch(_backend.to_device(vectors, xp), hp.index_metric, xp=xp,
+                           partition=partition)
     index = read_index(files[INDEX], name)
     if index_kind(index) != header.kind:
         raise ModelFileError(f"{name}: faiss reads a {index_kind(index)} index; its header "
@@ -556,3 +578,28 @@ def _index(files: dict[str, bytes], meta: dict[str, Any], hp, device: str, origi
         del index
         index = map_index_file(str(origin / INDEX))
     return IVFSearch(index, hp.index_metric, hp.faiss_index_nprobe).to_device(device)
+
+
+def _stored_partition(files: dict[str, bytes], meta: dict[str, Any], origin: Path,
+                      ) -> str | ClusterPartition:
+    """How a Flat index gets its cluster partition: the stored one, none ("never"), or, for
+    a format-1 model, built again ("auto", logged when the base is large enough)."""
+    if meta["format_version"] == 1:
+        if meta["index"]["ntotal"] >= MIN_PARTITION_ROWS and meta["index"]["metric"] == "L2":
+            logger.info("%s: model format 1 stores no cluster partition; building it again "
+                        "(k-means). Save the model again to store it and load faster.", origin)
+        return "auto"
+    stored = meta["index"].get("partition")
+    if stored is not True:
+        if PARTITION in files:
+            raise ModelFileError(f"{origin / PARTITION}: present, but {METADATA} says the "
+                                 "index has no partition")
+        return "never"
+    if PARTITION not in files:
+        raise ModelFileError(f"{origin / PARTITION}: missing from the model ({METADATA} lists "
+                             "a partition)")
+    try:
+        return ClusterPartition.from_arrays(_npz_arrays(files[PARTITION]),
+                                            meta["index"]["ntotal"], meta["index"]["dim"])
+    except (ValueError, KeyError, OSError, EOFError, TypeError, zipfile.BadZipFile) as err:
+        raise ModelFileError(f"{origin / PARTITION}: unreadable ({err})"[:500]) from None

@@ -103,16 +103,55 @@ class ClusterPartition:
 
     def __init__(self, vectors: np.ndarray, labels: np.ndarray, centroids: np.ndarray):
         n_clusters = len(centroids)
-        self.order = np.argsort(labels, kind="stable").astype(np.int64)
-        self.sizes = np.bincount(labels, minlength=n_clusters).astype(np.int64)
+        radii = np.zeros(n_clusters)
+        for start in range(0, len(vectors), 1 << 16):
+            part = slice(start, start + (1 << 16))
+            offsets = vectors[part].astype(np.float64) - centroids[labels[part]]
+            np.maximum.at(radii, labels[part], np.sqrt((offsets**2).sum(axis=1)))
+        self._set(np.argsort(labels, kind="stable").astype(np.int64),
+                  np.bincount(labels, minlength=n_clusters).astype(np.int64), centroids, radii)
+
+    def _set(self, order: np.ndarray, sizes: np.ndarray, centroids: np.ndarray,
+             radii: np.ndarray) -> None:
+        self.order, self.sizes = order, sizes
         self.bounds = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
         self.centroids = centroids.astype(np.float64)
         self._centroid_sq = (self.centroids**2).sum(axis=1)
-        self.radii = np.zeros(n_clusters)
-        for start in range(0, len(vectors), 1 << 16):
-            part = slice(start, start + (1 << 16))
-            offsets = vectors[part].astype(np.float64) - self.centroids[labels[part]]
-            np.maximum.at(self.radii, labels[part], np.sqrt((offsets**2).sum(axis=1)))
+        self.radii = radii.astype(np.float64)
+        self.center: np.ndarray | None = None  # set when read back: the base's centre then
+
+    def to_arrays(self, center: np.ndarray) -> dict[str, np.ndarray]:
+        """The partition as arrays to store, with the ``center`` its base was centred on."""
+        return {"order": self.order, "sizes": self.sizes, "centroids": self.centroids,
+                "radii": self.radii, "center": np.asarray(center, dtype=np.float32)}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], n: int, dim: int) -> ClusterPartition:
+        """A stored partition of a base of ``n`` x ``dim`` vectors, checked for consistency.
+
+        Raises
+        ------
+        ValueError
+            Saying which array does not fit: a permutation of the rows, sizes that add up
+            to ``n``, centroids of ``dim`` columns, finite radii >= 0.
+        """
+        order, sizes = np.asarray(arrays["order"]), np.asarray(arrays["sizes"])
+        centroids, radii = np.asarray(arrays["centroids"]), np.asarray(arrays["radii"])
+        n_clusters = len(sizes)
+        if order.shape != (n,) or order.dtype.kind not in "iu" or \
+                np.bincount(np.clip(order, 0, n), minlength=n + 1)[:n].min(initial=1) != 1:
+            raise ValueError(f"order must be a permutation of the {n} rows")
+        if sizes.dtype.kind not in "iu" or sizes.min(initial=0) < 0 or sizes.sum() != n:
+            raise ValueError(f"cluster sizes must be >= 0 and add up to {n}")
+        if centroids.shape != (n_clusters, dim) or radii.shape != (n_clusters,):
+            raise ValueError(f"centroids must be {n_clusters} x {dim} and radii {n_clusters}")
+        if not (np.isfinite(centroids).all() and np.isfinite(radii).all() and
+                radii.min(initial=0.0) >= 0):
+            raise ValueError("centroids and radii must be finite, radii >= 0")
+        partition = cls.__new__(cls)
+        partition._set(order.astype(np.int64), sizes.astype(np.int64), centroids, radii)
+        partition.center = np.asarray(arrays["center"], dtype=np.float32)
+        return partition
 
     @property
     def n_clusters(self) -> int:

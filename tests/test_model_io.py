@@ -384,7 +384,7 @@ CORRUPTIONS = [
     pytest.param(_write(JSON, b"[1, 2, 3]"), JSON, id="json-not-an-object"),
     pytest.param(_write(JSON, b""), JSON, id="empty-json"),
     pytest.param(_write(JSON, b" " * (1 << 20) + b"{}"), JSON, id="huge-json"),
-    pytest.param(_meta(format_version=2), JSON, id="newer-format-version"),
+    pytest.param(_meta(format_version=3), JSON, id="newer-format-version"),
     pytest.param(_meta(format_version="1"), JSON, id="format-version-string"),
     pytest.param(_meta(format="something-else"), JSON, id="other-format"),
     pytest.param(_meta_drop("index"), JSON, id="json-missing-key"),
@@ -768,3 +768,104 @@ def test_object_array_in_reduction_is_refused(tmp_path, small_model, where):
         load(path)
     assert f"{path / REDUCTION}:" in str(info.value)
     assert not sentinel.exists(), "the pickle in the model file was executed"
+
+
+# -- the stored cluster partition (format 2), and models of format 1 ---------------------------
+PARTITION = "model_algo-1.partition.npz"
+FORMAT_1 = Path(__file__).parent / "data" / "model-format-1"
+
+
+def test_a_model_of_format_1_still_loads_and_answers_as_before():
+    """tests/data/model-format-1 was written by gpuknn's format 1 (before the partition was
+    stored), with the answers it gave then."""
+    assert read_meta(FORMAT_1)["format_version"] == 1
+    expected = np.load(FORMAT_1.parent / "model-format-1-expected.npz")
+    model = load(FORMAT_1)
+    distances, positions = model.kneighbors(expected["queries"])
+    np.testing.assert_array_equal(positions, expected["positions"])
+    np.testing.assert_allclose(distances, expected["distances"], rtol=1e-6)
+    np.testing.assert_array_equal(model.predict(expected["queries"]), expected["predictions"])
+
+
+@pytest.fixture(scope="module")
+def pruned_model() -> KNNModel:
+    """A base large enough for cluster pruning, with clusters for it to prune."""
+    rng = np.random.default_rng(3)
+    centres = rng.normal(scale=20.0, size=(200, 8))
+    X = (centres[rng.integers(0, 200, 60_000)] + rng.normal(size=(60_000, 8))).astype(
+        np.float32)
+    model = fit(X, (np.arange(60_000) % 7).astype(np.float32))
+    assert model.index.partitioned
+    return model
+
+
+@pytest.fixture
+def no_kmeans(monkeypatch):
+    """faiss's k-means, made to fail: whatever runs it is caught."""
+    import faiss
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("k-means ran")
+
+    monkeypatch.setattr(faiss, "Kmeans", refuse)
+
+
+def pruning_queries() -> np.ndarray:
+    rng = np.random.default_rng(4)
+    return (rng.normal(scale=20.0, size=(300, 8))).astype(np.float32)
+
+
+def test_the_partition_is_stored_and_loading_runs_no_kmeans(tmp_path, pruned_model, no_kmeans):
+    pruned_model.save(tmp_path / "model")
+    assert read_meta(tmp_path / "model")["index"]["partition"] is True
+    loaded = load(tmp_path / "model")
+    assert loaded.index.partitioned
+    assert_same_answers(loaded, pruned_model, pruning_queries())
+
+
+def test_a_brute_force_model_stores_that_it_has_no_partition(tmp_path, small_model, no_kmeans):
+    small_model.save(tmp_path / "model")
+    assert read_meta(tmp_path / "model")["index"]["partition"] is False
+    assert not (tmp_path / "model" / PARTITION).exists()
+    assert not load(tmp_path / "model").index.partitioned
+
+
+def test_format_1_rebuilds_the_partition_and_says_so(tmp_path, pruned_model, caplog):
+    """The same model as format 1 wrote it: no partition file, no partition key."""
+    path = pruned_model.save(tmp_path / "model")
+    (path / PARTITION).unlink()
+    meta = read_meta(path)
+    meta["format_version"] = 1
+    del meta["index"]["partition"]
+    del meta["files"][PARTITION]
+    write_meta(path, meta)
+    with caplog.at_level("INFO", logger="gpuknn"):
+        loaded = load(path)
+    assert "model format 1 stores no cluster partition; building it again" in caplog.text
+    assert loaded.index.partitioned
+    assert_same_answers(loaded, pruned_model, pruning_queries())
+
+
+@pytest.mark.parametrize(("arrays", "fragment"), [
+    ({"order": np.zeros(60_000, np.int64)}, "order must be a permutation"),
+    ({"sizes": np.array([60_001], np.int64)}, "add up to 60000"),
+    ({"radii": None}, "centroids must be"),
+    ({"centroids": "nan"}, "must be finite"),
+])
+def test_a_stored_partition_that_does_not_fit_is_refused(tmp_path, pruned_model, arrays,
+                                                         fragment):
+    path = pruned_model.save(tmp_path / "model")
+    stored = dict(np.load(path / PARTITION))
+    for name, value in arrays.items():
+        if value is None:
+            stored[name] = stored[name][:-1]
+        elif isinstance(value, str):
+            stored[name] = stored[name].copy()
+            stored[name][0, 0] = np.nan
+        else:
+            stored[name] = value
+    buffer = io.BytesIO()
+    np.savez(buffer, **stored)
+    replace_file_consistently(path, PARTITION, buffer.getvalue())
+    with pytest.raises(ModelFileError, match=fragment):
+        load(path)
