@@ -257,6 +257,24 @@ def _add_transform(commands) -> None:
                            help="split type None reads each file as one request of at most "
                                 "this size (default: $SAGEMAKER_MAX_PAYLOAD_IN_MB, else 6)")
     transform.add_argument("--device", choices=DEVICES, default="auto", help=DEVICE_HELP)
+    transform.add_argument("--ray-address", default=None, metavar="ADDR",
+                           help="run on a Ray cluster with Ray Data: actors that each load "
+                                "the model once (on a GPU of their own where the cluster has "
+                                "GPUs) answer one file at a time, with the same outputs. "
+                                "ADDR: host:port of the cluster's head, 'auto', or 'local' to "
+                                "start one on this machine. Every node must see the model and "
+                                "the files at the same paths (default: no Ray, this "
+                                "process answers every file). Needs pip install "
+                                "\"gpuknn[ray]\"")
+    transform.add_argument("--ray-workers", type=_positive, default=None, metavar="N",
+                           help="with --ray-address: actors, each with a copy of the model "
+                                "(default: one per GPU of the cluster, else one per CPU)")
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a positive integer")
+    return int(text)
 
 
 BENCH = """
@@ -333,7 +351,15 @@ def _transform(args: argparse.Namespace) -> None:
     job = transform.TransformJob(Path(args.input), Path(args.output), args.content_type,
                                  args.split_type, args.accept, args.batch_rows,
                                  args.max_payload_mb or default_max_payload_mb())
-    report = transform.run(KNNModel.load(args.model, device=args.device), job)
+    if args.ray_address is not None:
+        from gpuknn.distributed import transform as distributed  # noqa: PLC0415
+
+        report = distributed.run(args.model, job, ray_address=args.ray_address,
+                                 workers=args.ray_workers, device=args.device)
+    elif args.ray_workers is not None:
+        raise ClientError("--ray-workers needs --ray-address (host:port, auto or local)")
+    else:
+        report = transform.run(KNNModel.load(args.model, device=args.device), job)
     print(f"gpuknn transform: {len(report.written)} file(s) written, {len(report.skipped)} "
           f"skipped (output exists), {report.rows} rows answered")
 

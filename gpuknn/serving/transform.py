@@ -91,9 +91,7 @@ def run(model: KNNModel, job: TransformJob, *, progress: bool | None = None) -> 
     ClientError
         Unknown split or accept type, unreadable input (naming the file and row).
     """
-    kind, _ = formats.check_content_type(job.content_type)
-    split = _split_type(kind, job.split_type)
-    output = formats.parse_accept(job.accept)
+    split, output = check_job(job)
     report = TransformReport([], [])
     inputs = list(_input_files(job.input))
     with tqdm(total=len(inputs), unit=" files", disable=None if progress is None else
@@ -109,6 +107,77 @@ def run(model: KNNModel, job: TransformJob, *, progress: bool | None = None) -> 
                 report.written.append(target)
             bar.update(1)
     return report
+
+
+def check_job(job: TransformJob) -> tuple[str, formats.OutputFormat]:
+    """Check a job's content type, split type and accept type before any work.
+
+    Parameters
+    ----------
+    job : TransformJob
+
+    Returns
+    -------
+    split : str
+        The split type that applies (the content type's natural one when unset).
+    output : formats.OutputFormat
+        The parsed accept type.
+
+    Raises
+    ------
+    ClientError
+        An unsupported content type, a split type that does not apply, no such accept.
+    """
+    kind, _ = formats.check_content_type(job.content_type)
+    return _split_type(kind, job.split_type), formats.parse_accept(job.accept)
+
+
+def input_files(job: TransformJob) -> list[tuple[Path, Path]]:
+    """Every input file of ``job``, in the order :func:`run` takes them, with its output.
+
+    Returns
+    -------
+    list of (Path, Path)
+        ``(input file, <output>/<relative name>.out)`` pairs, whether the output exists
+        or not.
+
+    Raises
+    ------
+    DataError
+        No such input, or an input directory with no files.
+    """
+    return [(source, job.output / (str(relative) + ".out"))
+            for source, relative in _input_files(job.input)]
+
+
+def transform_file(model: KNNModel, source: Path, target: Path, job: TransformJob) -> int:
+    """Answer one input file into ``target``, exactly as :func:`run` does.
+
+    The output is written to ``<target>.partial`` and renamed to ``target`` when
+    complete; a failure leaves neither.
+
+    Parameters
+    ----------
+    model : KNNModel
+    source : Path
+        The input file.
+    target : Path
+        Its output file (parent directories are made).
+    job : TransformJob
+        Content type, split type, accept type and batch size of the run.
+
+    Returns
+    -------
+    int
+        Rows answered.
+
+    Raises
+    ------
+    ClientError
+        Bad settings, or unreadable input (naming the file and row).
+    """
+    split, output = check_job(job)
+    return _transform_file(model, source, target, job, split=split, output=output)
 
 
 def _split_type(kind: str, split_type: str | None) -> str:
