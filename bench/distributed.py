@@ -23,11 +23,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    rows, test_rows, sample = (50_000, 8_000, 20_000) if args.quick else \
-        (500_000, 58_000, 200_000)
+    rows, test_rows, sample, model_rows = (50_000, 8_000, 20_000, 5_000) if args.quick else \
+        (500_000, 58_000, 200_000, 50_000)
     count = args.rounds or (2 if args.quick else 5)
     out = args.out / "distributed-quick" if args.quick else args.out
-    results = distributed.run(rows, out, count=count, sample_size=sample, test_rows=test_rows)
+    results = distributed.run(rows, out, count=count, sample_size=sample, test_rows=test_rows,
+                              model_rows=model_rows)
     print(distributed.markdown(results))
 
 

@@ -91,3 +91,7 @@ class ClusterError(GpuknnError):
 
     Not a :class:`ClientError`: the data may be fine; a machine or the network failed.
     """
+
+
+class StoppedError(GpuknnError):
+    """A training job was asked to stop (SIGTERM) before it finished."""

@@ -32,7 +32,13 @@ import numpy as np
 
 from gpuknn import _backend, io, model_io
 from gpuknn.environment import Channel, TrainingEnvironment, resolve_root
-from gpuknn.errors import ClientError, ClusterError, DataError, DependencyError, GpuknnError
+from gpuknn.errors import (
+    ClientError,
+    ClusterError,
+    DataError,
+    DependencyError,
+    StoppedError,
+)
 from gpuknn.estimator import KNN, describe_csv
 from gpuknn.hyperparameters import Hyperparameters, parse
 from gpuknn.io.text import label_column_hint
@@ -43,10 +49,6 @@ CHANNELS = ("train", "test")
 FAILURE_LIMIT = 1024
 PROGRESS_SECONDS = 10.0
 EXIT_FAILED, EXIT_STOPPED = 1, 143
-
-
-class StoppedError(GpuknnError):
-    """SageMaker asked the job to stop (SIGTERM)."""
 
 
 def main(root: str | Path | None = None) -> int:
@@ -291,7 +293,8 @@ def _fail(env: TrainingEnvironment | None, root: str | Path | None, reason: str,
         if not env.root.is_dir():
             return  # a mistyped root: create nothing
     try:
-        _clear_model_dir(env)
+        if env.current_host == env.hosts[0]:  # another host's model/ may be the leader's
+            _clear_model_dir(env)            # (SageMaker local mode mounts one for all)
         env.failure_file.parent.mkdir(parents=True, exist_ok=True)
         env.failure_file.write_text(_one_paragraph(reason)[:FAILURE_LIMIT])
     except OSError as err:

@@ -1,5 +1,6 @@
 """The images, built and run: ``docker/smoke.sh`` on the CPU image, and the official SageMaker
-SDK's local mode (its own ``KNN`` estimator, ``deploy``, ``Transformer``) against it.
+SDK's local mode (its own ``KNN`` estimator, ``deploy``, ``Transformer``) against it, with
+one training instance and with two (multi-host training on Ray, in two containers).
 
 Marked ``container``. They need a container engine (podman or Docker; set
 ``GPUKNN_CONTAINER_ENGINE`` to choose) and, for the SDK, a Docker API socket
@@ -115,15 +116,55 @@ def docker_api(engine) -> None:
         pytest.skip(f"the docker CLI cannot reach the API socket ({host or 'default'})")
 
 
-def test_sagemaker_sdk_local_mode_trains_serves_and_transforms(cpu_image, docker_api, tmp_path):
+def sdk_local(image: str, work: Path, instances: int) -> dict:
+    """Run tests/_sdk_local.py; its report (the last line it prints)."""
     pytest.importorskip("sagemaker", reason="the SageMaker SDK is in the 'interop' extra")
-    result = subprocess.run([sys.executable, str(ROOT / "tests" / "_sdk_local.py"), cpu_image,
-                             str(tmp_path)], capture_output=True, text=True, timeout=900,
-                            check=False, env={**os.environ, "SAGEMAKER_SUPPRESS_V2_WARNING": "1"})
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-6000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    result = subprocess.run([sys.executable, str(ROOT / "tests" / "_sdk_local.py"), image,
+                             str(work), str(instances)], capture_output=True, text=True,
+                            timeout=900, check=False,
+                            env={**os.environ, "SAGEMAKER_SUPPRESS_V2_WARNING": "1"})
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-6000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_sagemaker_sdk_local_mode_trains_serves_and_transforms(cpu_image, docker_api, tmp_path):
+    report = sdk_local(cpu_image, tmp_path, 1)
+    ((host, outcome),) = report["hosts"].items()
+    assert outcome["exit_code"] == 0 and outcome["failure"] is None, (host, outcome)
     assert report["predict_rows"] == 2000 and report["transform_rows"] == 200
     assert report["endpoint_equals_python_api"], report
     assert report["transform_equals_python_api"], report
     assert report["endpoint_accuracy"] > 0.93, report  # k=5 on letter: 0.944 here
+    print(json.dumps(report))
+
+
+def test_sagemaker_sdk_local_mode_trains_on_two_instances(cpu_image, docker_api, tmp_path):
+    """instance_count=2: two containers on one compose network, named as SageMaker names
+    them (algo-1-<suffix>, algo-2-<suffix>), find each other by the network's DNS; the
+    leader's Ray cluster samples each host's block of the 4 FullyReplicated RecordIO files.
+    Each host's exit code and output/failure are checked (docker-compose v1 would not say)."""
+    report = sdk_local(cpu_image, tmp_path, 2)
+    hosts = report["hosts"]
+    leader, follower = hosts
+    suffix = leader.split("-")[2]
+    assert [leader, follower] == [f"algo-1-{suffix}", f"algo-2-{suffix}"], hosts
+    for host, outcome in hosts.items():
+        assert outcome["status"] == "exited" and outcome["exit_code"] == 0, (host, outcome)
+        assert outcome["failure"] is None, (host, outcome)
+    leader_log = Path(hosts[leader]["log"]).read_text()
+    follower_log = Path(hosts[follower]["log"]).read_text()
+    assert "All 2 hosts joined the Ray cluster at " in leader_log, leader_log
+    assert f"{leader}: 8000 rows (file blocks), ids 0..7999" in leader_log, leader_log
+    assert f"{follower}: 8000 rows (file blocks), ids 8000..15999" in leader_log, leader_log
+    assert f"Host {follower} joins the leader {leader} at " in follower_log, follower_log
+    assert f"The leader {leader} finished the job" in follower_log, follower_log
+    # The model is the leader's (local mode mounts one model/ into both containers).
+    assert "Model written to /opt/ml/model" in leader_log
+    assert "Model written to" not in follower_log
+    assert report["model_files"] == ["model_algo-1", "model_algo-1.ids", "model_algo-1.json",
+                                     "model_algo-1.labels"], report
+    assert report["rows_seen"] == report["n_indexed"] == 16000, report
+    assert report["ids_are_row_numbers"] and report["equals_one_process_fit"], report
+    assert report["predict_rows"] == 2000 and report["endpoint_equals_python_api"], report
+    assert report["endpoint_accuracy"] > 0.93, report
     print(json.dumps(report))

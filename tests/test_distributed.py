@@ -325,3 +325,33 @@ def test_a_leader_without_its_hosts_gives_up_and_names_them(tmp_path):
     (code,) = run_job([root], job_environment(free_port(), timeout_s=8))
     assert code == 1
     assert "for host(s) algo-2 to join the Ray cluster" in failure_of(root), log_of(root)
+
+
+def test_sigterm_to_the_leader_stops_every_host_cleanly(tmp_path):
+    """SageMaker stops a job with SIGTERM. Ray replaces the handler when the leader connects,
+    and a handler cannot raise inside Ray's wait: the leader must still stop within seconds,
+    say so in output/failure, and tell the other host, which keeps its (shared) model/."""
+    roots = [host_root(tmp_path, "algo-1", "ShardedByS3Key"),
+             host_root(tmp_path, "algo-2", "ShardedByS3Key", mode="Pipe")]
+    shard_files(data_dir(roots[0]), (300,))
+    pipe = roots[1] / "input" / "data" / "train_0"
+    pipe.parent.mkdir(parents=True)
+    os.mkfifo(pipe)
+    (roots[1] / "model").mkdir()
+    (roots[1] / "model" / model_io.METADATA).write_text("{}")  # as if shared with the leader
+    env = job_environment(free_port(), timeout_s=30)
+    leader, follower = start_host(roots[0], env), start_host(roots[1], env)
+    stop = threading.Event()
+    threading.Thread(target=_trickle, args=(pipe, stop), daemon=True).start()
+    _wait_for(lambda: "algo-1 finished sampling its part" in log_of(roots[0]), 90)
+    stopped_at = time.monotonic()
+    leader.send_signal(signal.SIGTERM)
+
+    codes = finish([leader, follower], timeout=90)
+    stop.set()
+
+    assert codes == [143, 1], log_of(roots[0]) + log_of(roots[1])
+    assert time.monotonic() - stopped_at < 45
+    assert "Training was stopped (SIGTERM)" in failure_of(roots[0])
+    assert "the leader algo-1 was stopped (SIGTERM)" in failure_of(roots[1])
+    assert (roots[1] / "model" / model_io.METADATA).exists()

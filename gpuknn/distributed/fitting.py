@@ -26,6 +26,7 @@ from gpuknn.sampling import ReservoirSampler
 
 logger = logging.getLogger("gpuknn.distributed")
 Placement = Callable[[parts_.Part], dict[str, Any]]
+POLL_SECONDS = 0.5
 
 
 def sample_part(part: parts_.Part, name: str, content_type: str, hyperparameters: dict[str, str],
@@ -75,7 +76,8 @@ def _show_logging() -> None:
 
 def sample_parts(ray: Any, parts: Sequence[parts_.Part], names: Sequence[str], *,
                  content_type: str, hyperparameters: dict[str, str], placement: Placement,
-                 label_size: int | None = None) -> list[HostSample]:
+                 label_size: int | None = None,
+                 check_stop: Callable[[], None] | None = None) -> list[HostSample]:
     """Sample every part in a Ray task of its own; the first failure stops the others.
 
     Parameters
@@ -90,6 +92,8 @@ def sample_parts(ray: Any, parts: Sequence[parts_.Part], names: Sequence[str], *
     placement : callable
         Ray task options for a part (where it runs).
     label_size : int, optional
+    check_stop : callable, optional
+        Called between waits; raises to abandon the tasks (a job stopped by SIGTERM).
 
     Returns
     -------
@@ -108,20 +112,26 @@ def sample_parts(ray: Any, parts: Sequence[parts_.Part], names: Sequence[str], *
     refs = [task.options(max_retries=0, **placement(part)).remote(
         part, name, content_type, hyperparameters, label_size)
         for part, name in zip(parts, names, strict=True)]
-    return gather(ray, refs, names, "sampling its part")
+    return gather(ray, refs, names, "sampling its part", check_stop=check_stop)
 
 
-def gather(ray: Any, refs: Sequence[Any], names: Sequence[str], doing: str) -> list[Any]:
+def gather(ray: Any, refs: Sequence[Any], names: Sequence[str], doing: str, *,
+           check_stop: Callable[[], None] | None = None) -> list[Any]:
     """The results of Ray tasks in order; on the first failure, cancel the rest and raise.
 
     A gpuknn error raised in a task is raised again here with the same type, its
     message prefixed by the task's name; any other loss is a :class:`ClusterError`.
+    ``check_stop`` is called every :data:`POLL_SECONDS` while waiting: an exception it
+    raises cancels the tasks (a signal handler cannot raise inside Ray's own wait).
     """
     pending = {ref: index for index, ref in enumerate(refs)}
     results: list[Any] = [None] * len(refs)
     started = time.perf_counter()
     while pending:
-        done, _ = ray.wait(list(pending), num_returns=1)
+        done, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_SECONDS)
+        if not done:
+            _check(check_stop, ray, pending)
+            continue
         index = pending.pop(done[0])
         try:
             results[index] = ray.get(done[0])
@@ -132,6 +142,17 @@ def gather(ray: Any, refs: Sequence[Any], names: Sequence[str], doing: str) -> l
         logger.info("%s finished %s after %.1f s", names[index], doing,
                     time.perf_counter() - started)
     return results
+
+
+def _check(check_stop: Callable[[], None] | None, ray: Any, pending: dict[Any, int]) -> None:
+    if check_stop is None:
+        return
+    try:
+        check_stop()
+    except BaseException:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise
 
 
 def _as_gpuknn_error(ray: Any, err: Exception, name: str, doing: str) -> GpuknnError:

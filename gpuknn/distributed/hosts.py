@@ -26,6 +26,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import socket
 import tempfile
 import time
@@ -38,7 +39,7 @@ from gpuknn.distributed import parts as parts_
 from gpuknn.distributed.cluster import RayNode, require_ray
 from gpuknn.distributed.fitting import merge_parts, sample_parts
 from gpuknn.environment import ROOT_VARIABLE, Channel, TrainingEnvironment, resolve_root
-from gpuknn.errors import ClientError, ClusterError, DataError, GpuknnError
+from gpuknn.errors import ClientError, ClusterError, DataError, GpuknnError, StoppedError
 from gpuknn.hyperparameters import Hyperparameters
 from gpuknn.model import KNNModel
 
@@ -110,6 +111,40 @@ def _addresses(text: str) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+class _Stop:
+    """SIGTERM while this host takes part in a cluster job.
+
+    Ray replaces the SIGTERM handler when it connects and resets it when it shuts down,
+    and an exception raised by a handler inside Ray's own waits comes out garbled. So the
+    handler only sets a flag, re-installed after each of those calls, and the waiting
+    loops call :meth:`check` to raise :class:`StoppedError` from Python. Once this host's
+    part is done (:attr:`done`), a SIGTERM is only logged: SageMaker local mode stops
+    every container as soon as one has exited, and the job has succeeded by then.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.done = False
+        self.previous = signal.getsignal(signal.SIGTERM)
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def restore(self) -> None:
+        signal.signal(signal.SIGTERM, self.previous)
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        if self.done:
+            logger.info("SIGTERM after this host's part of the job was done: ignored")
+        else:
+            self.requested = True
+
+    def check(self) -> None:
+        """Raise :class:`StoppedError` if a SIGTERM came before the job was done."""
+        if self.requested and not self.done:
+            raise StoppedError("SIGTERM")
+
+
 def train(env: TrainingEnvironment, hp: Hyperparameters, device: str, finish: Finish,
           ) -> dict[str, float]:
     """Run this host's side of a multi-host training job.
@@ -140,10 +175,16 @@ def train(env: TrainingEnvironment, hp: Hyperparameters, device: str, finish: Fi
                           f"among its hosts {list(env.hosts)}")
     settings = ClusterSettings.from_environ()
     _set_authentication()
-    if env.current_host == env.hosts[0]:
-        return _lead(env, hp, device, finish, settings)
-    _follow(env, settings)
-    return {}
+    stop = _Stop()
+    stop.install()
+    try:
+        if env.current_host == env.hosts[0]:
+            return _lead(env, hp, device, finish, settings, stop=stop)
+        _follow(env, settings, stop)
+        return {}
+    finally:
+        if not stop.done:
+            stop.restore()  # a job that succeeded keeps ignoring SIGTERM to the end
 
 
 def _node_environment(env: TrainingEnvironment, settings: ClusterSettings) -> dict[str, str]:
@@ -177,7 +218,7 @@ def _node_log(env: TrainingEnvironment) -> str:
 
 
 def _lead(env: TrainingEnvironment, hp: Hyperparameters, device: str, finish: Finish,
-          settings: ClusterSettings) -> dict[str, float]:
+          settings: ClusterSettings, *, stop: _Stop) -> dict[str, float]:
     ip = settings.address_of(env.current_host)
     address = f"{ip}:{settings.port}"
     logger.info("Leader of %d hosts: starting a Ray head at %s", len(env.hosts), address)
@@ -186,13 +227,19 @@ def _lead(env: TrainingEnvironment, hp: Hyperparameters, device: str, finish: Fi
     ray = require_ray()
     outcome: dict[str, str] = {"state": "failed", "reason": "the leader stopped"}
     try:
-        _connect(ray, address, node, settings)
-        _wait_for_hosts(ray, env.hosts, address, settings)
+        _connect(ray, address, node, settings, stop)
+        _wait_for_hosts(ray, env.hosts, address, settings, stop)
         started = time.perf_counter()
-        model = _sample_and_build(ray, env, hp, device)
+        model = _sample_and_build(ray, env, hp, device, stop)
+        stop.check()
         metrics = finish(model, time.perf_counter() - started)
+        stop.check()
+        stop.done = True
         outcome = {"state": "done"}
         return metrics
+    except StoppedError:
+        outcome["reason"] = f"the leader {env.current_host} was stopped (SIGTERM)"
+        raise
     except GpuknnError as err:
         outcome["reason"] = str(err)
         raise
@@ -204,6 +251,7 @@ def _lead(env: TrainingEnvironment, hp: Hyperparameters, device: str, finish: Fi
             if ray.is_initialized():
                 _tell_hosts(ray, env.hosts, outcome, settings)
                 ray.shutdown()
+        stop.install()  # ray.shutdown() resets SIGTERM to its default
         node.stop()
 
 
@@ -211,15 +259,18 @@ def _resource(rank: int) -> str:
     return f"gpuknn_host_{rank}"
 
 
-def _connect(ray: Any, address: str, node: RayNode, settings: ClusterSettings) -> None:
+def _connect(ray: Any, address: str, node: RayNode, settings: ClusterSettings,
+             stop: _Stop) -> None:
     deadline = time.monotonic() + settings.timeout_s
     while True:
+        stop.check()
         if node.exit_code() is not None:
             raise ClusterError(f"the Ray head at {address} exited with code "
                                f"{node.exit_code()}; its log: {node.log_path}")
         if _port_open(address):
             try:
                 ray.init(address=address, log_to_driver=True, configure_logging=False)
+                stop.install()  # ray.init installs its own SIGTERM handler
                 return
             except ConnectionError:
                 pass
@@ -231,9 +282,10 @@ def _connect(ray: Any, address: str, node: RayNode, settings: ClusterSettings) -
 
 
 def _wait_for_hosts(ray: Any, hosts: tuple[str, ...], address: str,
-                    settings: ClusterSettings) -> None:
+                    settings: ClusterSettings, stop: _Stop) -> None:
     deadline = time.monotonic() + settings.timeout_s
     while True:
+        stop.check()
         present = ray.cluster_resources()
         missing = [host for rank, host in enumerate(hosts) if _resource(rank) not in present]
         if not missing:
@@ -247,7 +299,7 @@ def _wait_for_hosts(ray: Any, hosts: tuple[str, ...], address: str,
 
 
 def _sample_and_build(ray: Any, env: TrainingEnvironment, hp: Hyperparameters,
-                      device: str) -> KNNModel:
+                      device: str, stop: _Stop) -> KNNModel:
     from gpuknn.estimator import build_model  # noqa: PLC0415 - imports faiss
 
     channel = env.channels["train"]
@@ -258,7 +310,8 @@ def _sample_and_build(ray: Any, env: TrainingEnvironment, hp: Hyperparameters,
     samples = sample_parts(ray, parts, list(env.hosts), content_type=channel.content_type,
                            hyperparameters=hp.to_strings(),
                            placement=lambda part: {"resources": {_resource(part.rank): 0.001},
-                                                   "num_cpus": cpus[part.rank]})
+                                                   "num_cpus": cpus[part.rank]},
+                           check_stop=stop.check)
     if _distribution(channel) == parts_.REPLICATED:
         _check_same_files(samples, channel)
     merged = merge_parts(samples, hp.sample_size, hp.seed)
@@ -319,20 +372,21 @@ def write_status(outcome: dict[str, str]) -> None:
 # ---------------------------------------------------------------- the other hosts
 
 
-def _follow(env: TrainingEnvironment, settings: ClusterSettings) -> None:
+def _follow(env: TrainingEnvironment, settings: ClusterSettings, stop: _Stop) -> None:
     env.model_dir.mkdir(parents=True, exist_ok=True)  # left empty: the leader's is the model
     status = env.output_dir / STATUS_FILE
     status.unlink(missing_ok=True)
     leader = env.hosts[0]
     address = f"{settings.address_of(leader)}:{settings.port}"
-    _wait_for_port(address, leader, settings)
+    _wait_for_port(address, leader, settings, stop)
     rank = env.hosts.index(env.current_host)
     logger.info("Host %s joins the leader %s at %s", env.current_host, leader, address)
     node = RayNode.worker(address, settings.address_of(env.current_host),
                           {_resource(rank): 1.0}, _node_log(env),
                           _node_environment(env, settings))
     try:
-        outcome = _await_outcome(status, node, leader, address)
+        outcome = _await_outcome(status, node, leader, address, stop)
+        stop.done = outcome.get("state") == "done"
     finally:
         node.stop()
         status.unlink(missing_ok=True)
@@ -342,9 +396,10 @@ def _follow(env: TrainingEnvironment, settings: ClusterSettings) -> None:
     logger.info("The leader %s finished the job; its model is the job's model", leader)
 
 
-def _wait_for_port(address: str, leader: str, settings: ClusterSettings) -> None:
+def _wait_for_port(address: str, leader: str, settings: ClusterSettings, stop: _Stop) -> None:
     deadline = time.monotonic() + settings.timeout_s
     while not _port_open(address):
+        stop.check()
         if time.monotonic() > deadline:
             raise ClusterError(f"waited {settings.timeout_s:g} s (${TIMEOUT_VARIABLE}) for "
                                f"the leader {leader} to start its Ray head at {address}; "
@@ -352,8 +407,10 @@ def _wait_for_port(address: str, leader: str, settings: ClusterSettings) -> None
         time.sleep(POLL_SECONDS)
 
 
-def _await_outcome(status: Path, node: RayNode, leader: str, address: str) -> dict[str, str]:
+def _await_outcome(status: Path, node: RayNode, leader: str, address: str,
+                   stop: _Stop) -> dict[str, str]:
     while not status.exists():
+        stop.check()
         if node.exit_code() is not None:
             raise ClusterError(f"lost the leader {leader}: this host's Ray node, joined to "
                                f"{address}, exited (code {node.exit_code()}) before the "
