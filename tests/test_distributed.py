@@ -257,17 +257,7 @@ def test_a_corrupt_file_on_one_host_fails_every_host_with_its_error(tmp_path):
 def test_a_host_killed_while_sampling_fails_the_leader_within_the_timeout(tmp_path):
     """algo-2 reads a named pipe (Pipe mode) that never ends, so it is surely sampling when
     the test kills its whole process group: its train process and its Ray node."""
-    roots = [host_root(tmp_path, "algo-1", "ShardedByS3Key"),
-             host_root(tmp_path, "algo-2", "ShardedByS3Key", mode="Pipe")]
-    shard_files(data_dir(roots[0]), (300,))
-    pipe = roots[1] / "input" / "data" / "train_0"
-    pipe.parent.mkdir(parents=True)
-    os.mkfifo(pipe)
-    env = job_environment(free_port(), timeout_s=30)
-    leader, follower = start_host(roots[0], env), start_host(roots[1], env)
-    stop = threading.Event()
-    threading.Thread(target=_trickle, args=(pipe, stop), daemon=True).start()
-    _wait_for(lambda: "algo-1 finished sampling its part" in log_of(roots[0]), 90)
+    roots, (leader, follower), stop = start_with_a_pipe_on_algo_2(tmp_path)
     time.sleep(1.0)
     killed_at = time.monotonic()
     os.killpg(follower.pid, signal.SIGKILL)
@@ -281,6 +271,28 @@ def test_a_host_killed_while_sampling_fails_the_leader_within_the_timeout(tmp_pa
     failure = failure_of(roots[0])
     assert "algo-2 was lost while sampling its part" in failure, failure
     assert not (roots[0] / "model" / model_io.METADATA).exists()
+
+
+def start_with_a_pipe_on_algo_2(base: Path, shared_model: bool = False):
+    """A two-host job whose algo-2 reads a named pipe (Pipe mode) that a thread feeds a row
+    at a time and never ends: algo-2 is surely still sampling. Returns once algo-1 has
+    sampled its part: the roots, the two processes, and the event that stops the feed.
+    ``shared_model`` puts a model file in algo-2's model/, as if it were the leader's."""
+    roots = [host_root(base, "algo-1", "ShardedByS3Key"),
+             host_root(base, "algo-2", "ShardedByS3Key", mode="Pipe")]
+    shard_files(data_dir(roots[0]), (300,))
+    pipe = roots[1] / "input" / "data" / "train_0"
+    pipe.parent.mkdir(parents=True)
+    os.mkfifo(pipe)
+    if shared_model:
+        (roots[1] / "model").mkdir()
+        (roots[1] / "model" / model_io.METADATA).write_text("{}")
+    env = job_environment(free_port(), timeout_s=30)
+    processes = start_host(roots[0], env), start_host(roots[1], env)
+    stop = threading.Event()
+    threading.Thread(target=_trickle, args=(pipe, stop), daemon=True).start()
+    _wait_for(lambda: "algo-1 finished sampling its part" in log_of(roots[0]), 90)
+    return roots, processes, stop
 
 
 def _trickle(pipe: Path, stop: threading.Event) -> None:
@@ -331,19 +343,7 @@ def test_sigterm_to_the_leader_stops_every_host_cleanly(tmp_path):
     """SageMaker stops a job with SIGTERM. Ray replaces the handler when the leader connects,
     and a handler cannot raise inside Ray's wait: the leader must still stop within seconds,
     say so in output/failure, and tell the other host, which keeps its (shared) model/."""
-    roots = [host_root(tmp_path, "algo-1", "ShardedByS3Key"),
-             host_root(tmp_path, "algo-2", "ShardedByS3Key", mode="Pipe")]
-    shard_files(data_dir(roots[0]), (300,))
-    pipe = roots[1] / "input" / "data" / "train_0"
-    pipe.parent.mkdir(parents=True)
-    os.mkfifo(pipe)
-    (roots[1] / "model").mkdir()
-    (roots[1] / "model" / model_io.METADATA).write_text("{}")  # as if shared with the leader
-    env = job_environment(free_port(), timeout_s=30)
-    leader, follower = start_host(roots[0], env), start_host(roots[1], env)
-    stop = threading.Event()
-    threading.Thread(target=_trickle, args=(pipe, stop), daemon=True).start()
-    _wait_for(lambda: "algo-1 finished sampling its part" in log_of(roots[0]), 90)
+    roots, (leader, follower), stop = start_with_a_pipe_on_algo_2(tmp_path, shared_model=True)
     stopped_at = time.monotonic()
     leader.send_signal(signal.SIGTERM)
 

@@ -261,40 +261,47 @@ def _resource(rank: int) -> str:
 
 def _connect(ray: Any, address: str, node: RayNode, settings: ClusterSettings,
              stop: _Stop) -> None:
-    deadline = time.monotonic() + settings.timeout_s
-    while True:
-        stop.check()
+    def connected() -> bool:
         if node.exit_code() is not None:
             raise ClusterError(f"the Ray head at {address} exited with code "
                                f"{node.exit_code()}; its log: {node.log_path}")
-        if _port_open(address):
-            try:
-                ray.init(address=address, log_to_driver=True, configure_logging=False)
-                stop.install()  # ray.init installs its own SIGTERM handler
-                return
-            except ConnectionError:
-                pass
-        if time.monotonic() > deadline:
-            raise ClusterError(f"the Ray head at {address} did not start within "
-                               f"{settings.timeout_s:g} s (${TIMEOUT_VARIABLE}); its log: "
-                               f"{node.log_path}")
-        time.sleep(POLL_SECONDS)
+        if not _port_open(address):
+            return False
+        try:
+            ray.init(address=address, log_to_driver=True, configure_logging=False)
+        except ConnectionError:
+            return False
+        stop.install()  # ray.init installs its own SIGTERM handler
+        return True
+
+    _poll_until(connected, settings, stop, lambda: (
+        f"the Ray head at {address} did not start within {settings.timeout_s:g} s "
+        f"(${TIMEOUT_VARIABLE}); its log: {node.log_path}"))
 
 
 def _wait_for_hosts(ray: Any, hosts: tuple[str, ...], address: str,
                     settings: ClusterSettings, stop: _Stop) -> None:
+    def missing() -> list[str]:
+        present = ray.cluster_resources()
+        return [host for rank, host in enumerate(hosts) if _resource(rank) not in present]
+
+    _poll_until(lambda: not missing(), settings, stop, lambda: (
+        f"waited {settings.timeout_s:g} s (${TIMEOUT_VARIABLE}) for host(s) "
+        f"{', '.join(missing())} to join the Ray cluster at {address}; no model was built"))
+    logger.info("All %d hosts joined the Ray cluster at %s", len(hosts), address)
+
+
+def _poll_until(ready: Callable[[], bool], settings: ClusterSettings, stop: _Stop,
+                timeout_message: Callable[[], str]) -> None:
+    """Call ``ready`` every :data:`POLL_SECONDS` until it is true; a SIGTERM raises
+    :class:`StoppedError`, and the timeout a :class:`ClusterError` with the message."""
     deadline = time.monotonic() + settings.timeout_s
     while True:
         stop.check()
-        present = ray.cluster_resources()
-        missing = [host for rank, host in enumerate(hosts) if _resource(rank) not in present]
-        if not missing:
-            logger.info("All %d hosts joined the Ray cluster at %s", len(hosts), address)
+        if ready():
             return
         if time.monotonic() > deadline:
-            raise ClusterError(f"waited {settings.timeout_s:g} s (${TIMEOUT_VARIABLE}) for "
-                               f"host(s) {', '.join(missing)} to join the Ray cluster at "
-                               f"{address}; no model was built")
+            raise ClusterError(timeout_message())
         time.sleep(POLL_SECONDS)
 
 
@@ -397,14 +404,9 @@ def _follow(env: TrainingEnvironment, settings: ClusterSettings, stop: _Stop) ->
 
 
 def _wait_for_port(address: str, leader: str, settings: ClusterSettings, stop: _Stop) -> None:
-    deadline = time.monotonic() + settings.timeout_s
-    while not _port_open(address):
-        stop.check()
-        if time.monotonic() > deadline:
-            raise ClusterError(f"waited {settings.timeout_s:g} s (${TIMEOUT_VARIABLE}) for "
-                               f"the leader {leader} to start its Ray head at {address}; "
-                               "no model was built")
-        time.sleep(POLL_SECONDS)
+    _poll_until(lambda: _port_open(address), settings, stop, lambda: (
+        f"waited {settings.timeout_s:g} s (${TIMEOUT_VARIABLE}) for the leader {leader} to "
+        f"start its Ray head at {address}; no model was built"))
 
 
 def _await_outcome(status: Path, node: RayNode, leader: str, address: str,
