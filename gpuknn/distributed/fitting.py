@@ -8,6 +8,7 @@ reservoir-sampled by one Ray task on the host that holds it; only the reservoirs
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -68,9 +69,13 @@ def sample_part(part: parts_.Part, name: str, content_type: str, hyperparameters
 
 
 def _show_logging() -> None:
-    """In a Ray worker, show gpuknn's INFO lines (Ray forwards them to the driver)."""
-    root = logging.getLogger("gpuknn")
-    if not root.handlers and not logging.getLogger().handlers:
+    """In a Ray worker, show gpuknn's INFO lines (Ray forwards them to the driver); in any
+    other process, leave the logging configuration alone."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized() or \
+            ray.get_runtime_context().worker.mode != ray.WORKER_MODE:
+        return
+    if not logging.getLogger("gpuknn").handlers and not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
 
 
