@@ -1,7 +1,7 @@
 """Ray, imported lazily: connecting to a cluster, and running one node of it.
 
-This module and :mod:`gpuknn.distributed.transform` are the only ones in gpuknn that
-import Ray, and only inside functions, so ``import gpuknn`` never needs it.
+This is the only module of gpuknn that imports Ray, and only inside functions, so
+``import gpuknn`` never needs it; the other distributed modules get it from here.
 """
 
 from __future__ import annotations
