@@ -63,6 +63,9 @@ class Part:
         if not self.channel:
             return Path(self.source)
         env = TrainingEnvironment.from_root(resolve_root())
+        if self.source not in env.channels:
+            raise DataError(f"{env.root / 'input' / 'config'}: this host's job has no "
+                            f"{self.source!r} channel; every host needs the same channels")
         return env.channels[self.source].source(env.root)
 
     def files(self) -> tuple[list[Path], str]:
