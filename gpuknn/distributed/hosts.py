@@ -219,12 +219,12 @@ def _node_log(env: TrainingEnvironment) -> str:
 
 def _lead(env: TrainingEnvironment, hp: Hyperparameters, device: str, finish: Finish,
           settings: ClusterSettings, *, stop: _Stop) -> dict[str, float]:
+    ray = require_ray()  # before starting a node that would need it too
     ip = settings.address_of(env.current_host)
     address = f"{ip}:{settings.port}"
     logger.info("Leader of %d hosts: starting a Ray head at %s", len(env.hosts), address)
     node = RayNode.head(ip, settings.port, {_resource(0): 1.0}, _node_log(env),
                         _node_environment(env, settings))
-    ray = require_ray()
     outcome: dict[str, str] = {"state": "failed", "reason": "the leader stopped"}
     try:
         _connect(ray, address, node, settings, stop)

@@ -93,12 +93,11 @@ def run(model: KNNModel, job: TransformJob, *, progress: bool | None = None) -> 
     """
     split, output = check_job(job)
     report = TransformReport([], [])
-    inputs = list(_input_files(job.input))
+    inputs = input_files(job)
     with tqdm(total=len(inputs), unit=" files", disable=None if progress is None else
               not progress) as bar:
-        for source, relative in inputs:
-            target = job.output / (str(relative) + ".out")
-            bar.set_postfix_str(str(relative))
+        for source, target in inputs:
+            bar.set_postfix_str(str(target.relative_to(job.output)).removesuffix(".out"))
             if target.exists():
                 report.skipped.append(target)
             else:
