@@ -111,7 +111,7 @@ class KNN:
         sampler = ReservoirSampler(hp.sample_size, seed=hp.seed)
         for features, labels in self._batches(X, y, content_type, label_size):
             sampler.add(densify(features, hp) if sp.issparse(features) else features, labels)
-        features, labels, ids = sampler.result()
+        features, labels, ids = sampler.result(take=True)
         if labels is None and _is_source(X):
             raise DataError(f"{io.sources.name_of(X)}: the training data has no labels "
                             "(label[\"values\"] in RecordIO records, the first column of CSV "
@@ -317,6 +317,8 @@ def build_model(features: np.ndarray, labels: np.ndarray | None, ids: np.ndarray
     Parameters
     ----------
     features : ndarray of shape (n_sample, n_features), float32
+        Given up to the model: a ``faiss.Flat`` index holds it as its base (reordered in
+        place when it is partitioned), so the sample is never held twice.
     labels : ndarray of shape (n_sample,), float32, or None
     ids : ndarray of shape (n_sample,), int64
         Row numbers of the sample in the training data.
@@ -337,7 +339,9 @@ def build_model(features: np.ndarray, labels: np.ndarray | None, ids: np.ndarray
     logger.info("built %s (%s) over %d x %d vectors on %s in %.2f s", hp.index_type,
                 hp.index_metric, vectors.shape[0], vectors.shape[1],
                 _backend.device_name(xp), time.perf_counter() - started)
-    return KNNModel(hp, preparation, index, labels, ids, device=device, rows_seen=rows_seen)
+    model = KNNModel(hp, preparation, index, labels, ids, device=device, rows_seen=rows_seen)
+    _backend.release_free_memory()  # the build's temporaries, back to the system
+    return model
 
 
 def _check_enough_rows(k: int, n_sample: int, rows_seen: int | None) -> None:
@@ -381,8 +385,8 @@ def plan_preparation(hp: Hyperparameters, n_features: int) -> Preparation:
 def build_index(vectors: Any, hp: Hyperparameters, preparation: Preparation, *,
                 xp: Any = np) -> Any:
     """Build the search structure named by ``index_type`` over prepared vectors."""
-    if hp.index_type == "faiss.Flat":
-        return ExactSearch(vectors, hp.index_metric, xp=xp)
+    if hp.index_type == "faiss.Flat":  # training gives the sample up: reordered in place
+        return ExactSearch(vectors, hp.index_metric, xp=xp, in_place=True)
     host = _backend.to_host(vectors)
     nlists = hp.faiss_index_ivf_nlists
     nlists = auto_nlists(host.shape[0]) if nlists == "auto" else nlists

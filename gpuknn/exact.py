@@ -26,8 +26,8 @@ import numpy as np
 
 from gpuknn import partition as partition_module
 from gpuknn._backend import usable_cores
-from gpuknn.metrics import squared_norms
-from gpuknn.rounding import RoundingBound, float64_top_k
+from gpuknn.rounding import float64_top_k
+from gpuknn.search_base import SearchBase
 from gpuknn.topk import merge_k, select_k
 
 log = logging.getLogger(__name__)
@@ -41,8 +41,21 @@ TILE_VARIABLE = "GPUKNN_TILE_MB"
 GPU_QUERY_CHUNK = 8192
 # Queries per pass of a cluster-pruned search (bounds its candidate lists).
 PARTITION_CHUNK = 4096
+# Tiles whose candidate lists are held before they are merged into one (a large base
+# would otherwise hold n / width lists per query chunk: 0.5 GB on a GPU for 10M rows).
+MERGE_TILES = 32
 # Elements of the (rows, k, d) gather used to recompute the winners' distances.
 RECOMPUTE_BUDGET = 1 << 24
+
+
+def _merged(values: list[Any], columns: list[Any], keep: int, xp: ModuleType,
+            ) -> tuple[Any, Any]:
+    """The best ``keep`` of per-tile candidate lists, by (value, column): the same whether
+    merged at once or a few tiles at a time."""
+    if len(values) == 1:
+        return values[0], columns[0]
+    values, columns = xp.concatenate(values, axis=1), xp.concatenate(columns, axis=1)
+    return merge_k(values, columns, min(keep, values.shape[1]), xp=xp)
 
 
 def candidates_for(k: int) -> int:
@@ -64,60 +77,70 @@ class ExactSearch:
     tile_bytes : int, optional
         Upper bound on the memory of one score tile; default ``$GPUKNN_TILE_MB`` if set,
         else 16 MiB on the CPU (stays in cache) and 1 GiB on a GPU. Besides the tile, a
-        GPU holds the base twice (the vectors and their scaled copy): a 10M x 128 base
-        takes 10.2 GB.
+        search holds the base once, its norms (4 bytes a row) and one block of scaled
+        base rows (:func:`device_bytes`): a 10M x 128 base takes 5.2 GB on a GPU.
     partition : {"auto", "never", "always"} or ClusterPartition
         Cluster pruning (:mod:`gpuknn.partition`, L2 on the CPU with faiss installed):
         ``"auto"`` builds it for large bases and keeps it only where it pays off on the
         data, ``"always"`` builds it whatever the size, ``"never"`` searches by brute force;
         a ``ClusterPartition`` (a stored one, of these vectors) is used as it is, with no
-        k-means.
+        k-means. A partitioned base is stored cluster by cluster: a copy of ``vectors``
+        in that order, or ``vectors`` itself reordered with ``in_place``.
+    stored : dict of arrays, optional
+        :meth:`SearchBase.to_arrays` of these vectors, read back from a model file: the
+        centre, norms and rounding bound are then not computed again. With a
+        ``ClusterPartition``, ``vectors`` and these arrays are in its order, as a model
+        file stores them.
+    in_place : bool
+        The caller gives ``vectors`` up (training does): a partitioned base is reordered
+        in place rather than copied.
     """
 
     def __init__(self, vectors: Any, metric: str, *, xp: ModuleType = np,
                  tile_bytes: int | None = None,
-                 partition: str | partition_module.ClusterPartition = "auto"):
+                 partition: str | partition_module.ClusterPartition = "auto",
+                 stored: dict[str, np.ndarray] | None = None, in_place: bool = False):
         self.xp = xp
         self.metric = metric
         self.tile_bytes = int(tile_bytes) if tile_bytes is not None else default_tile_bytes(xp)
-        # cupy.ascontiguousarray takes device arrays only: asarray moves host input first
-        self.vectors = xp.ascontiguousarray(xp.asarray(vectors), dtype=xp.float32)
-        # L2 is translation-invariant: centring on the mean keeps |x|^2 small, so the float32
-        # surrogate |x|^2 - 2<q,x> loses less to cancellation (it picked wrong neighbours on
-        # covtype-like data with |x|^2 ~ 2e7 before). Inner products are not: no centring.
-        # The centre is rounded to whole numbers so that integer data stays exact (and its
-        # distance ties stay ties, broken by the smaller row as before).
-        self._center = xp.round(self.vectors.mean(axis=0)) if metric == "L2" else None
-        base = self.vectors - self._center if metric == "L2" else self.vectors
-        self._partition, self._space = None, None
+        # The base is held once, as given (a float32 array is not copied; a model file's
+        # is a read-only map); each tile's scaled rows are made when a search needs them.
+        vectors = _as_float32(vectors, xp)
+        in_place = in_place and xp is np and vectors.flags.writeable
+        self._partition = None
         if isinstance(partition, partition_module.ClusterPartition):
-            partition = self._use_stored(partition, base)
-        if metric == "L2" and xp is np and partition not in ("never", "stored"):
-            self._partition, self._space = _partition(base, self.vectors, self._center,
-                                                      always=partition == "always")
-        self._bound = RoundingBound.of(base, metric, xp=xp)
-        if self._space is not None:  # the partition's layout replaces the plain one
-            self._scaled, self._sq_norms = self._space.scaled, self._space.sq_norms
-        elif metric == "L2":  # a scaled copy: one GEMM yields the surrogate, no extra pass
-            self._sq_norms = squared_norms(base, xp=xp)
-            base *= xp.float32(-2.0)  # the centred copy becomes the scaled one, in place
-            self._scaled = base
-        else:
-            self._scaled, self._sq_norms = self.vectors * xp.float32(-1.0), None
+            if self._use_stored(partition, vectors, stored, in_place=in_place):
+                return
+            partition = "auto"
+        self._base = SearchBase(vectors, metric, xp=xp, stored=stored)
+        if metric == "L2" and xp is np and partition != "never":
+            self._partition = _partition(self._base, always=partition == "always")
+        if self._partition is not None:  # each cluster one block: the rows in its order
+            self._base = self._base.in_order(self._partition.order, in_place=in_place)
 
-    def _use_stored(self, partition: partition_module.ClusterPartition, base: Any) -> str:
-        """Search through a stored partition: "stored" when it is used, "never" for a search
-        that cannot use one, "auto" (rebuild) when it was centred on another centre."""
+    def _use_stored(self, partition: partition_module.ClusterPartition, vectors: Any,
+                    stored: dict[str, np.ndarray] | None, *, in_place: bool) -> bool:
+        """Search through a stored partition; False where it cannot be used (a search that
+        takes none, or one made for another centre of the base: built again then)."""
         if self.metric != "L2" or self.xp is not np:
-            return "never"
-        if partition.center is not None and not np.array_equal(partition.center, self._center):
+            raise ValueError("a cluster partition is for L2 search on the CPU")
+        ordered = stored is not None  # a model file's: stored in the partition's order
+        base = SearchBase(vectors, self.metric, xp=self.xp, stored=stored,
+                          order=partition.order if ordered else None)
+        if partition.center is not None and not np.array_equal(partition.center,
+                                                               base.center):
             log.warning("the stored cluster partition was made for another centre of the "
                         "base: building it again")
-            return "auto"
+            return False
         self._partition = partition
-        self._space = partition_module.search_space(partition, base, self.vectors,
-                                                    self._center)
-        return "stored"
+        self._base = base if ordered else base.in_order(partition.order, in_place=in_place)
+        return True
+
+    @property
+    def vectors(self) -> Any:
+        """The base vectors, (n, d) float32: in their rows' order, or cluster by cluster
+        (the partition's ``order``) where the search is partitioned."""
+        return self._base.vectors
 
     @property
     def partitioned(self) -> bool:
@@ -132,7 +155,12 @@ class ExactSearch:
     @property
     def center(self) -> Any:
         """The whole-number centre an L2 base is shifted by (None for inner products)."""
-        return self._center
+        return self._base.center
+
+    @property
+    def base(self) -> SearchBase:
+        """The base with what is derived from it once (a model file stores it)."""
+        return self._base
 
     @property
     def ntotal(self) -> int:
@@ -169,7 +197,8 @@ class ExactSearch:
                 else QUERY_CHUNK if xp is np else GPU_QUERY_CHUNK)
         chunks = [slice(s, min(s + step, n_queries)) for s in range(0, n_queries, step)]
 
-        ranked = queries - self._center if self._center is not None else queries
+        center = self._base.center
+        ranked = queries - center if center is not None else queries
 
         def run(chunk: slice) -> None:
             candidates = self._candidates(queries[chunk], ranked[chunk], k)
@@ -203,7 +232,7 @@ class ExactSearch:
         partition's k winners instead, when it searches)."""
         if self._partition is not None:
             return self._partition.candidates(
-                ranked, k, self._space,
+                ranked, k, self._base,
                 lambda which, rows: self._pair_scores(queries, which, rows))
         queries = ranked
         xp = self.xp
@@ -216,27 +245,30 @@ class ExactSearch:
             shape = (queries.shape[0], end - begin)
             if buffer is None or buffer.shape != shape:
                 buffer = xp.empty(shape, dtype=xp.float32)
-            scores = xp.matmul(queries, self._scaled[begin:end].T, out=buffer)
-            norms = None if self._sq_norms is None else self._sq_norms[begin:end]
+            scaled = self._base.scaled(slice(begin, end))
+            scores = xp.matmul(queries, scaled.T, out=buffer)
+            norms = None if self._base.sq_norms is None else self._base.sq_norms[begin:end]
             tile_values, tile_columns = select_k(scores, min(keep, end - begin), xp=xp,
                                                  column_offsets=norms)
             values.append(tile_values)
             columns.append(tile_columns + begin)
-        if len(values) == 1:
-            return values[0], columns[0]
-        values, columns = xp.concatenate(values, axis=1), xp.concatenate(columns, axis=1)
-        return merge_k(values, columns, min(keep, values.shape[1]), xp=xp)
+            if len(values) > MERGE_TILES:  # bounds the lists of a large base: merged early
+                merged = _merged(values, columns, keep, xp)
+                values, columns = [merged[0]], [merged[1]]
+        return _merged(values, columns, keep, xp)
 
     def _finalize(self, queries: Any, ranked: Any, values: Any, columns: Any,
                   k: int) -> tuple[Any, Any]:
         """Recompute candidate distances exactly, re-rank, re-search the rows in doubt,
         and convert to the metric convention."""
         xp = self.xp
-        exact = self._exact_scores(queries, columns)
-        exact, winners = merge_k(exact, columns, k, xp=xp)
+        if self._partition is not None:  # already the k best, scored by _pair_scores
+            exact, winners = values, columns
+        else:
+            exact, winners = merge_k(self._exact_scores(queries, columns), columns, k, xp=xp)
         if self._partition is None and columns.shape[1] < self.ntotal:
-            doubt = xp.flatnonzero(self._bound.in_doubt(ranked, values[:, -1], exact[:, -1],
-                                                         xp=xp))
+            bound = self._base.bound
+            doubt = xp.flatnonzero(bound.in_doubt(ranked, values[:, -1], exact[:, -1], xp=xp))
             if doubt.size:
                 exact[doubt], winners[doubt] = self._research(queries[doubt], k)
         if self.metric == "L2":
@@ -246,7 +278,7 @@ class ExactSearch:
     def _research(self, queries: Any, k: int) -> tuple[Any, Any]:
         """The k winners of rows in doubt, chosen in float64; their scores recomputed and
         ranked as every other row's are (float32, ties to the smaller row)."""
-        _, winners = float64_top_k(self.vectors, self._center, queries, k, self.metric,
+        _, winners = float64_top_k(self.vectors, self._base.center, queries, k, self.metric,
                                    xp=self.xp)
         return merge_k(self._exact_scores(queries, winners), winners, k, xp=self.xp)
 
@@ -273,6 +305,38 @@ class ExactSearch:
         return self._pair_scores(queries, which, columns.reshape(-1)).reshape(n_rows, k)
 
 
+def device_bytes(n_base: int, dim: int, *, k: int = 10, tile_bytes: int = GPU_TILE_BYTES,
+                 query_chunk: int = GPU_QUERY_CHUNK) -> int:
+    """Device memory an L2 :class:`ExactSearch` of an (n_base, dim) float32 base holds on a
+    GPU while it searches a full chunk of queries.
+
+    The base once (``4 n d``), its norms (``4 n``), one score tile (``tile_bytes``), one
+    block of scaled base rows for that tile, the query chunk with its centred copy, and
+    each tile's candidate lists: what :meth:`ExactSearch.search` allocates, with the
+    default tile and chunk sizes of a GPU.
+
+    Parameters
+    ----------
+    n_base, dim : int
+    k : int
+        Neighbours asked for (sets the candidate lists' width).
+    tile_bytes : int
+        The score tile (``$GPUKNN_TILE_MB``; 1 GiB by default on a GPU).
+    query_chunk : int
+        Queries searched at once.
+
+    Returns
+    -------
+    int
+        Bytes.
+    """
+    width = max(tile_bytes // (4 * query_chunk), 1024)
+    tiles = min(-(-n_base // width), MERGE_TILES + 1)
+    candidates = 2 * tiles * query_chunk * candidates_for(k) * (4 + 8)  # lists, merged
+    return (4 * n_base * dim + 4 * n_base + tile_bytes + 4 * width * dim
+            + 2 * 4 * query_chunk * dim + candidates)
+
+
 def default_tile_bytes(xp: ModuleType) -> int:
     """The score tile's size: ``$GPUKNN_TILE_MB`` if set, else the device's default.
 
@@ -293,18 +357,25 @@ def default_tile_bytes(xp: ModuleType) -> int:
     return max(int(megabytes * (1 << 20)), 4096)
 
 
-def _partition(base: np.ndarray, vectors: np.ndarray, center: np.ndarray, *, always: bool):
-    """(partition, its search space) for cluster pruning, or (None, None) where it would
-    not pay."""
+def _partition(base: SearchBase, *, always: bool) -> partition_module.ClusterPartition | None:
+    """The cluster partition of ``base`` for pruning, or None where it would not pay."""
     found = partition_module.build(base, min_rows=1 if always else partition_module.MIN_ROWS)
     if found is None:
-        return None, None
-    space = partition_module.search_space(found, base, vectors, center)
-    scanned = partition_module.probe(found, space)
+        return None
+    scanned = partition_module.probe(found, base)
     keep = always or scanned <= partition_module.MAX_SCANNED_FRACTION
     log.info("exact search: %d k-means clusters; a probe scans %.1f%% of the base: %s",
              found.n_clusters, 100 * scanned, "pruning" if keep else "brute force instead")
-    return (found, space) if keep else (None, None)
+    return found if keep else None
+
+
+def _as_float32(vectors: Any, xp: ModuleType) -> Any:
+    """``vectors`` as a C-ordered float32 array on ``xp``'s device, copied only if needed
+    (a read-only or unaligned view is kept as it is: nothing writes to the base)."""
+    vectors = xp.asarray(vectors)  # cupy.ascontiguousarray takes device arrays only
+    if vectors.dtype == xp.float32 and vectors.flags.c_contiguous:
+        return vectors
+    return xp.ascontiguousarray(vectors, dtype=xp.float32)
 
 
 @functools.lru_cache(maxsize=1)

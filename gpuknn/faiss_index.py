@@ -56,13 +56,20 @@ class IVFSearch:
     gpu : GpuIVF, optional
         A GPU copy of ``index`` (:mod:`gpuknn.faiss_gpu`) that searches instead of it
         wherever faiss's GPU search allows.
+    mapped_from : bytes-like, optional
+        The index file's bytes (a read-only map of it) when ``index`` maps its lists from
+        that file (:func:`map_index_file`): faiss cannot serialise mapped lists, so
+        saving writes these bytes instead.
     """
 
-    def __init__(self, index: Any, metric: str, nprobe: int, *, gpu: GpuIVF | None = None):
+    def __init__(self, index: Any, metric: str, nprobe: int, *, gpu: GpuIVF | None = None,
+                 mapped_from: Any = None):
         self.index = index
         self.metric = metric
         self.nprobe = int(min(nprobe, index.nlist))
         self.gpu = gpu
+        self.mapped_from = mapped_from
+        self._params: dict[int, Any] = {}
 
     @property
     def device(self) -> str:
@@ -156,24 +163,42 @@ class IVFSearch:
         positions : ndarray of shape (n_queries, k), int64
             Rows of the indexed vectors.
         """
-        faiss = require_faiss()
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if self.gpu is not None and self.gpu.can_search(k):
             distances, positions = self.gpu.search(queries, k)
         else:
-            # Per-call parameters: concurrent searches never share a mutable nprobe.
-            params = faiss.SearchParametersIVF(nprobe=self.nprobe)
-            distances, positions = self.index.search(queries, k, params=params)
-        short = np.flatnonzero((positions == MISSING_INDEX).any(axis=1))
-        if short.size and self.nprobe < self.index.nlist:
-            everywhere = faiss.SearchParametersIVF(nprobe=self.index.nlist)
+            distances, positions = self.index.search(queries, k,
+                                                      params=self._search_parameters(self.nprobe))
+        # Where nothing is missing (nearly always), one flat pass over the positions is the
+        # only cost of the short-row and missing-neighbour handling.
+        missing = positions == MISSING_INDEX
+        found_all = not missing.any()
+        if not found_all and self.nprobe < self.index.nlist:
+            short = np.flatnonzero(missing.any(axis=1))
+            everywhere = self._search_parameters(self.index.nlist)
             distances[short], positions[short] = self.index.search(queries[short], k,
                                                                    params=everywhere)
-        missing = positions == MISSING_INDEX
-        if self.metric == "L2":
-            distances = np.sqrt(np.maximum(distances, 0))
-        distances[missing] = missing_distance(self.metric)
-        return distances.astype(np.float32, copy=False), positions.astype(np.int64, copy=False)
+            missing = positions == MISSING_INDEX
+            found_all = not missing.any()
+        distances = distances.astype(np.float32, copy=False)
+        if self.metric == "L2":  # faiss's squared distances, square-rooted in place
+            np.maximum(distances, 0, out=distances)
+            np.sqrt(distances, out=distances)
+        if not found_all:
+            distances[missing] = missing_distance(self.metric)
+        return distances, positions.astype(np.int64, copy=False)
+
+    def _search_parameters(self, nprobe: int) -> Any:
+        """faiss's ``SearchParametersIVF`` probing ``nprobe`` lists, made once per value.
+
+        Each search passes its parameters instead of setting the index's ``nprobe``, so
+        that concurrent searches never share a mutable setting; faiss only reads them, so
+        one object per value serves every search and thread.
+        """
+        params = self._params.get(nprobe)
+        if params is None:
+            params = self._params[nprobe] = require_faiss().SearchParametersIVF(nprobe=nprobe)
+        return params
 
 
 def _untrained_index(faiss: ModuleType, shape: tuple[int, int], *, index_type: str,

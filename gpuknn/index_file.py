@@ -95,3 +95,20 @@ def flat_vectors(data: bytes, name: str) -> np.ndarray:
                              f"values in {len(data)} bytes")
     values = np.frombuffer(data, dtype="<f4", count=expected, offset=start)
     return values.reshape(header.ntotal, header.dim)
+
+
+def flat_file_head(ntotal: int, dim: int, metric: str) -> bytes:
+    """The bytes of an ``IndexFlat`` file before its vectors, as faiss writes them.
+
+    Parameters
+    ----------
+    ntotal, dim : int
+        The vectors' shape.
+    metric : {"L2", "INNER_PRODUCT"}
+        The faiss metric.
+    """
+    code = next(code for code, kind in FLAT_CODES.items() if kind == metric)
+    metric_code = next(code for code, kind in _METRICS.items() if kind == metric)
+    # faiss writes 1 << 20 into both unused header fields, and is_trained is true
+    head = _HEADER.pack(code, dim, ntotal, 1 << 20, 1 << 20, True, metric_code)
+    return head + _COUNT.pack(ntotal * dim)

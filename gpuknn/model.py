@@ -351,11 +351,18 @@ class KNNModel:
         return model_io.save(self, path)
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto") -> KNNModel:
-        """Read a model written by :meth:`save` (a directory or a ``.tar.gz``)."""
+    def load(cls, path: str | Path, device: str = "auto", *,
+             cache_dir: str | Path | None = None) -> KNNModel:
+        """Read a model written by :meth:`save` (a directory or a ``.tar.gz``).
+
+        A ``faiss.Flat`` or IVF index in a directory is memory-mapped, so processes that
+        load one model share its pages. A ``.tar.gz`` is unpacked once, into
+        ``cache_dir`` (default ``$GPUKNN_MODEL_CACHE``, else ``.gpuknn-models/`` beside
+        it), and mapped from there (:func:`gpuknn.model_io.unpacked`).
+        """
         from gpuknn import model_io  # noqa: PLC0415 - model_io imports this module
 
-        return model_io.load(path, device=device)
+        return model_io.load(path, device=device, cache_dir=cache_dir)
 
     def __repr__(self) -> str:
         hp = self.hyperparameters

@@ -8,9 +8,17 @@
 ``model_algo-1.partition.npz``  a ``faiss.Flat`` L2 index's cluster partition (format 2,
                                 only where exact search prunes with one), so that
                                 loading runs no k-means
+``model_algo-1.flat.npz``       a ``faiss.Flat`` index's centre, row norms and rounding
+                                bound (format 3), so that loading reads the base once
 ``model_algo-1.json``           metadata: format version, ``k``, ``predictor_type``,
                                 all hyperparameters, dimensions, file checksums
 =============================== ================================================
+
+In format 3, where a partition is stored, the index holds its rows cluster by cluster
+(the partition's ``order``: index row ``i`` is training-sample row ``order[i]``), as
+exact search holds them in memory; ``.ids`` and ``.labels`` stay in sample order.
+A flat index in a model directory is memory-mapped, not read: server workers share
+one copy of it through the page cache.
 
 The names follow SageMaker's model artifact. ``k`` and ``predictor_type`` may be
 edited in the JSON; the checksums cover every other file. Nothing is pickled:
@@ -18,22 +26,33 @@ arrays are raw little-endian or ``.npz`` read with ``allow_pickle=False``.
 
 Writes are atomic. Files go to temporary names and are renamed into place, the
 JSON last (it is the commit record: a directory without it is not a model), and
-an archive is written whole under a temporary name and renamed. Archives are
-read member by member into memory; links, devices, absolute paths and ``..`` are
-refused, so nothing is ever extracted outside a target.
+an archive is written whole under a temporary name and renamed.
+
+An archive is unpacked once, member by member, into a cache directory
+(:func:`unpacked`: ``.gpuknn-models/`` beside it, else ``$GPUKNN_MODEL_CACHE`` or
+``~/.cache/gpuknn/models``), and loaded from there like a directory, so that its
+index is mapped too. Every member is checked before a byte of it is written: links,
+devices, absolute paths and ``..`` are refused, so nothing is ever written outside
+the cache. Where no cache is writable, the archive is read into memory instead.
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import hashlib
 import io
 import json
 import logging
+import mmap
 import os
+import shutil
+import struct
 import tarfile
 import tempfile
 import zipfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,35 +60,32 @@ import numpy as np
 
 from gpuknn import _backend
 from gpuknn._version import __version__
-from gpuknn.errors import ClientError, ModelFileError
+from gpuknn.errors import ClientError, ModelFileError, first_line
 from gpuknn.exact import ExactSearch
-from gpuknn.faiss_index import (
-    IVFSearch,
-    flat_index_bytes,
-    index_bytes,
-    index_kind,
-    map_index_file,
-    read_index,
-)
+from gpuknn.faiss_index import IVFSearch, index_bytes, index_kind, map_index_file, read_index
 from gpuknn.hyperparameters import parse
-from gpuknn.index_file import flat_vectors, read_header
+from gpuknn.index_file import flat_file_head, flat_vectors, read_header
 from gpuknn.model import KNNModel, Preparation, check_k
 from gpuknn.partition import MIN_ROWS as MIN_PARTITION_ROWS
 from gpuknn.partition import ClusterPartition
 from gpuknn.reduction import REDUCTIONS
+from gpuknn.search_base import SearchBase
 
 logger = logging.getLogger("gpuknn")
 FORMAT = "gpuknn-model"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 # Format 1 (gpuknn before the partition was stored) still loads: a large Flat L2 base then
-# runs k-means again at every load, and the log says so.
-READABLE_VERSIONS = (1, 2)
+# runs k-means again at every load, and the log says so. Format 2 stored the partition
+# but kept the index in sample order, and no norms: its base is reordered when loaded.
+READABLE_VERSIONS = (1, 2, 3)
 PREFIX = "model_algo-1"
 INDEX, LABELS, IDS = PREFIX, f"{PREFIX}.labels", f"{PREFIX}.ids"
 REDUCTION, METADATA = f"{PREFIX}.reduction.npz", f"{PREFIX}.json"
-PARTITION = f"{PREFIX}.partition.npz"
-KNOWN_FILES = (INDEX, LABELS, IDS, REDUCTION, PARTITION, METADATA)
+PARTITION, FLAT = f"{PREFIX}.partition.npz", f"{PREFIX}.flat.npz"
+KNOWN_FILES = (INDEX, LABELS, IDS, REDUCTION, PARTITION, FLAT, METADATA)
 MAX_METADATA_BYTES = 1 << 20
+# Where archives are unpacked (see unpacked): beside the archive, or a directory named here.
+CACHE_BESIDE, CACHE_VARIABLE = ".gpuknn-models", "GPUKNN_MODEL_CACHE"
 READ_CHUNK_BYTES = 16 << 20
 
 
@@ -90,30 +106,92 @@ def save(model: KNNModel, path: str | Path) -> Path:
     return path
 
 
-def _model_files(model: KNNModel) -> dict[str, bytes]:
-    files = {INDEX: _index_bytes(model), IDS: model.ids.astype("<i8").tobytes()}
+def _model_files(model: KNNModel) -> dict[str, Content]:
+    files = {INDEX: _index_content(model), IDS: Content(model.ids.astype("<i8"))}
     if model.labels is not None:
-        files[LABELS] = model.labels.astype("<f4").tobytes()
+        files[LABELS] = Content(model.labels.astype("<f4"))
     if model.preparation.reduction is not None:
-        buffer = io.BytesIO()
-        np.savez(buffer, **model.preparation.reduction.to_arrays())
-        files[REDUCTION] = buffer.getvalue()
-    partition = getattr(model.index, "partition", None)
-    if partition is not None:
-        buffer = io.BytesIO()
-        np.savez(buffer, **partition.to_arrays(_backend.to_host(model.index.center)))
-        files[PARTITION] = buffer.getvalue()
-    files[METADATA] = json.dumps(_metadata(model, files), indent=2).encode()
+        files[REDUCTION] = _npz_content(model.preparation.reduction.to_arrays())
+    if isinstance(model.index, ExactSearch):
+        files[FLAT] = _npz_content(model.index.base.to_arrays())
+        if model.index.partition is not None:
+            center = _backend.to_host(model.index.center)
+            files[PARTITION] = _npz_content(model.index.partition.to_arrays(center))
+    files[METADATA] = Content(json.dumps(_metadata(model, files), indent=2).encode())
     return files
 
 
-def _index_bytes(model: KNNModel) -> bytes:
-    if isinstance(model.index, ExactSearch):
-        return flat_index_bytes(_backend.to_host(model.index.vectors), model.index.metric)
-    return index_bytes(model.index.index)
+def _index_content(model: KNNModel) -> Content:
+    """The index file: a flat index written here from a view of its vectors (no copy),
+    other indexes serialised by faiss."""
+    if not isinstance(model.index, ExactSearch):
+        if model.index.mapped_from is not None:  # the file it maps (of the inode it mapped)
+            return Content(model.index.mapped_from)
+        return Content(index_bytes(model.index.index))
+    vectors = np.ascontiguousarray(_backend.to_host(model.index.vectors), dtype="<f4")
+    metric = "L2" if model.index.metric == "L2" else "INNER_PRODUCT"
+    return Content(flat_file_head(*vectors.shape, metric), vectors)
 
 
-def _metadata(model: KNNModel, files: dict[str, bytes]) -> dict[str, Any]:
+def _npz_content(arrays: dict[str, np.ndarray]) -> Content:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return Content(buffer.getvalue())
+
+
+class Content:
+    """A file's bytes as pieces (a header, views of arrays), hashed and written without
+    joining them into one copy.
+
+    Parameters
+    ----------
+    *pieces : bytes-like
+        C-contiguous buffers, written one after another.
+    """
+
+    def __init__(self, *pieces: Any):
+        self.pieces = [memoryview(piece).cast("B") for piece in pieces]
+        self.size = sum(piece.nbytes for piece in self.pieces)
+
+    def sha256(self) -> str:
+        digest = hashlib.sha256()
+        for piece in self.pieces:
+            digest.update(piece)
+        return digest.hexdigest()
+
+    def tobytes(self) -> bytes:
+        """The whole file as one bytes object (a copy)."""
+        return b"".join(self.pieces)
+
+    def write_to(self, handle: Any) -> None:
+        for piece in self.pieces:
+            handle.write(piece)
+
+    def reader(self) -> io.BufferedIOBase:
+        """A file object reading the pieces in turn (for ``tarfile.addfile``)."""
+        return io.BufferedReader(_PiecesReader(self.pieces))  # whole reads of any size
+
+
+class _PiecesReader(io.RawIOBase):
+    def __init__(self, pieces: list[memoryview]):
+        self._pieces, self._at = list(pieces), 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while self._pieces and self._at >= self._pieces[0].nbytes:
+            self._pieces.pop(0)
+            self._at = 0
+        if not self._pieces:
+            return 0
+        chunk = self._pieces[0][self._at:self._at + len(buffer)]
+        buffer[:len(chunk)] = chunk
+        self._at += len(chunk)
+        return len(chunk)
+
+
+def _metadata(model: KNNModel, files: dict[str, Content]) -> dict[str, Any]:
     hp = model.hyperparameters
     prep = model.preparation
     reduction = prep.reduction
@@ -136,12 +214,12 @@ def _metadata(model: KNNModel, files: dict[str, bytes]) -> dict[str, Any]:
         "has_labels": model.labels is not None,
         "rows_seen": model.rows_seen,
         "gpuknn_version": __version__,
-        "files": {name: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        "files": {name: {"bytes": data.size, "sha256": data.sha256()}
                   for name, data in files.items()},
     }
 
 
-def _write_directory(path: Path, files: dict[str, bytes]) -> None:
+def _write_directory(path: Path, files: dict[str, Content]) -> None:
     path.mkdir(parents=True, exist_ok=True)
     (path / METADATA).unlink(missing_ok=True)  # from here on the directory is not a model
     for name in KNOWN_FILES:
@@ -151,12 +229,14 @@ def _write_directory(path: Path, files: dict[str, bytes]) -> None:
         _atomic_write(path / name, files[name])
 
 
-def _atomic_write(target: Path, data: bytes) -> None:
+def _atomic_write(target: Path, data: Content | Callable[[Any], None]) -> None:
+    """Write ``data`` (or what a writer function writes to the open file) to a temporary
+    name beside ``target``, flush it to disk and rename it into place."""
     fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o644)  # mkstemp makes 0600; a model is read by other users (serve)
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            data.write_to(handle) if isinstance(data, Content) else data(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, target)
@@ -165,24 +245,31 @@ def _atomic_write(target: Path, data: bytes) -> None:
         raise
 
 
-def _write_archive(path: Path, files: dict[str, bytes]) -> None:
-    buffer = io.BytesIO()
+def _write_archive(path: Path, files: dict[str, Content]) -> None:
     # Level 1: float vectors barely compress, and level 9 costs seconds on large models.
     # The metadata first: a reader learns every other member's size before reading it.
     ordered = {METADATA: files[METADATA], **files}
-    with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=1) as archive:
-        for name, data in ordered.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mode = 0o644
-            archive.addfile(info, io.BytesIO(data))
+
+    def write(handle: Any) -> None:
+        with tarfile.open(fileobj=handle, mode="w:gz", compresslevel=1) as archive:
+            for name, data in ordered.items():
+                info = tarfile.TarInfo(name)
+                info.size = data.size
+                info.mode = 0o644
+                archive.addfile(info, data.reader())
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, buffer.getvalue())
+    _atomic_write(path, write)
 
 
 # -- loading --------------------------------------------------------------------------------
-def load(path: str | Path, device: str = "auto") -> KNNModel:
+def load(path: str | Path, device: str = "auto", *,
+         cache_dir: str | Path | None = None) -> KNNModel:
     """Read a model from a directory or a ``.tar.gz``.
+
+    A directory's index is memory-mapped (processes that load the same model share its
+    pages); an archive is unpacked once into a cache (``cache_dir``, else
+    :func:`unpacked`'s default) and mapped from there.
 
     Raises
     ------
@@ -194,14 +281,16 @@ def load(path: str | Path, device: str = "auto") -> KNNModel:
     if not path.exists():
         raise ModelFileError(f"{path}: no such model directory or archive")
     try:
-        files = _read_archive(path) if path.is_file() else _read_directory(path)
-        return _model_from_files(files, device=_backend.resolve_device(device), origin=path)
+        device = _backend.resolve_device(device)
+        if path.is_file():
+            return _from_archive(path, device, cache_dir)
+        return _model_from_files(_read_directory(path), device=device, origin=path)
     except MemoryError:
         raise ModelFileError(f"{path}: the model does not fit in the memory available "
                              f"({_gib(_backend.available_memory())})") from None
 
 
-def verify(path: str | Path) -> dict[str, Any]:
+def verify(path: str | Path, *, cache_dir: str | Path | None = None) -> dict[str, Any]:
     """Check a whole model without building its search structure: files, sizes, checksums,
     metadata, hyperparameters, arrays, reduction and index header (and, for IVF, that
     faiss reads the index). ``gpuknn serve`` runs it before starting several workers.
@@ -220,12 +309,13 @@ def verify(path: str | Path) -> dict[str, Any]:
     if not path.exists():
         raise ModelFileError(f"{path}: no such model directory or archive")
     try:
-        files = _read_archive(path) if path.is_file() else _read_directory(path)
-        _model_from_files(files, device="cpu", origin=path, build=False)
+        if path.is_file():  # unpacked here once: server workers then find the copy
+            return _from_archive(path, "cpu", cache_dir, build=False)
+        return _model_from_files(_read_directory(path), device="cpu", origin=path,
+                                 build=False)
     except MemoryError:
         raise ModelFileError(f"{path}: the model does not fit in the memory available "
                              f"({_gib(_backend.available_memory())})") from None
-    return _read_metadata(files, path)
 
 
 def _gib(size: int | None) -> str:
@@ -256,7 +346,12 @@ def _declared_sizes(meta: dict[str, Any], origin: Path) -> dict[str, int]:
 
 
 def _read_directory(path: Path) -> dict[str, bytes]:
-    """The metadata, then every file it lists, each checked for its size before reading."""
+    """The metadata, then every file it lists, each checked for its size before reading.
+
+    The files are mapped rather than read (several processes then share their pages); a
+    model's files are replaced only by renaming new ones into place, so a mapped file
+    never changes under a reader.
+    """
     metadata = path / METADATA
     if not metadata.is_file():
         raise ModelFileError(f"{path}: not a gpuknn model directory ({METADATA} is missing)")
@@ -264,36 +359,147 @@ def _read_directory(path: Path) -> dict[str, bytes]:
     for name, size in _declared_sizes(_read_metadata(files, path), path).items():
         if not (path / name).is_file():
             raise ModelFileError(f"{path / name}: missing from the model")
-        files[name] = _read_file(path / name, size, exact=True)
+        files[name] = _read_file(path / name, size, exact=True, mapped=True)
     return files
 
 
-def _read_file(file: Path, size: int, *, exact: bool) -> bytes:
-    """At most ``size`` bytes of ``file`` (exactly ``size`` if ``exact``)."""
+def _read_file(file: Path, size: int, *, exact: bool, mapped: bool = False) -> Any:
+    """At most ``size`` bytes of ``file`` (exactly ``size`` if ``exact``): a read-only
+    memory map of it with ``mapped`` (and a size that a map can hold), else its bytes."""
     actual = file.stat().st_size
     if (actual != size) if exact else (actual > size):
         expected = f"expected {size}" if exact else f"at most {size} allowed"
         raise ModelFileError(f"{file}: {actual} bytes, {expected} (truncated or replaced)")
     with open(file, "rb") as handle:
+        if mapped and size > 0:
+            data = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+            if len(data) != size:
+                raise ModelFileError(f"{file}: changed while it was read")
+            return data
         data = handle.read(size + 1)
     if (len(data) != size) if exact else (len(data) > size):
         raise ModelFileError(f"{file}: changed while it was read")
     return data
 
 
-def _read_archive(path: Path) -> dict[str, bytes]:
-    """The model files of a ``.tar.gz``, member by member, into memory (nothing extracted).
+def _from_archive(archive: Path, device: str, cache_dir: str | Path | None, *,
+                  build: bool = True) -> Any:
+    """:func:`_model_from_files` of an archive: from its unpacked copy where there is one
+    that loads, else from the archive itself (whose errors then name it)."""
+    directory = unpacked(archive, cache_dir)
+    if directory is not None:
+        try:
+            return _model_from_files(_read_directory(directory), device=device,
+                                     origin=directory, build=build)
+        except ModelFileError as err:
+            logger.warning("%s: its unpacked copy %s does not load (%s); reading the "
+                           "archive itself", archive, directory, err)
+            shutil.rmtree(directory, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                directory.parent.rmdir()  # the cache itself, if nothing else is in it
+    return _model_from_files(_read_archive(archive), device=device, origin=archive,
+                             build=build)
+
+
+def cache_roots(archive: Path, cache_dir: str | Path | None = None) -> list[Path]:
+    """Where :func:`unpacked` may unpack ``archive``, in order of preference."""
+    if cache_dir is not None:
+        return [Path(cache_dir)]
+    named = os.environ.get(CACHE_VARIABLE, "").strip()
+    if named:
+        return [Path(named)]
+    return [archive.parent / CACHE_BESIDE, Path.home() / ".cache" / "gpuknn" / "models"]
+
+
+def unpacked(archive: str | Path, cache_dir: str | Path | None = None) -> Path | None:
+    """The directory holding ``archive``'s model files, unpacked the first time.
+
+    The copy is named by the archive's name, device, inode, size and modification time,
+    so a replaced archive is unpacked again (and the older copies beside it removed).
+    Members are checked as :func:`load` checks them, written under a temporary name and
+    renamed into place whole: a copy that exists is complete, and processes that race
+    to unpack one archive end up with the same directory.
+
+    Parameters
+    ----------
+    archive : path
+        A ``.tar.gz`` model.
+    cache_dir : path, optional
+        Where to unpack; default ``$GPUKNN_MODEL_CACHE``, else ``.gpuknn-models/`` beside
+        the archive, else ``~/.cache/gpuknn/models``.
+
+    Returns
+    -------
+    Path or None
+        None where no cache directory is writable (the archive is then read into memory).
+
+    Raises
+    ------
+    ModelFileError
+        For a hostile or corrupt archive (nothing is left written then).
+    """
+    archive = Path(archive)
+    stat = archive.stat()
+    name = f"{archive.name}.{stat.st_dev:x}-{stat.st_ino:x}-{stat.st_size:x}-{stat.st_mtime_ns:x}"
+    for root in cache_roots(archive, cache_dir):
+        if (root / name / METADATA).is_file():
+            return root / name
+        try:
+            _unpack_into(archive, root, name)
+        except (OSError, _CacheWriteError) as err:
+            logger.info("%s: cannot unpack into %s (%s)", archive, root, first_line(err))
+            continue
+        _remove_older_copies(root, archive.name, name)
+        return root / name
+    logger.info("%s: no writable cache directory: reading the archive into memory", archive)
+    return None
+
+
+def _unpack_into(archive: Path, root: Path, name: str) -> None:
+    """Unpack ``archive`` into ``root/name`` through a temporary directory; on any error,
+    leave nothing behind (not even ``root``, if this made it)."""
+    made_root = not root.exists()
+    root.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(dir=root, prefix=".unpacking-"))
+    try:
+        _read_archive(archive, into=temp)
+        temp.chmod(0o755)
+        try:
+            temp.rename(root / name)
+        except OSError:
+            if not (root / name / METADATA).is_file():
+                raise
+            shutil.rmtree(temp)  # another process unpacked it first
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        if made_root:
+            with contextlib.suppress(OSError):
+                root.rmdir()
+        raise
+
+
+def _remove_older_copies(root: Path, archive_name: str, keep: str) -> None:
+    for entry in root.glob(f"{glob.escape(archive_name)}.*"):
+        if entry.name != keep and entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _read_archive(path: Path, into: Path | None = None) -> dict[str, bytes]:
+    """The model files of a ``.tar.gz``, member by member, into memory, or written into
+    the directory ``into`` (then only the metadata is kept in memory).
 
     Every member's type, name and declared size are checked before a byte of it is read:
     only regular files at the top level (no links, devices, sparse files, ``..``), each
     name once, the metadata at most 1 MiB and every other file of the size the metadata
     gives (or, in archives with the metadata last, within the memory available).
     """
-    reader = _ArchiveReader(path)
+    reader = _ArchiveReader(path, into)
     try:
         with tarfile.open(path, mode="r:*") as archive:
             for member in archive:
                 reader.add(archive, member)
+    except _CacheWriteError:
+        raise
     except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
         raise ModelFileError(f"{path}: not a readable .tar.gz model archive ({err})") from None
     if METADATA not in reader.files:
@@ -304,8 +510,8 @@ def _read_archive(path: Path) -> dict[str, bytes]:
 class _ArchiveReader:
     """Collects an archive's model files, checking each member before reading it."""
 
-    def __init__(self, archive: Path):
-        self.archive = archive
+    def __init__(self, archive: Path, into: Path | None = None):
+        self.archive, self.into = archive, into
         self.files: dict[str, bytes] = {}
         self.seen: set[str] = set()
         self.sizes: dict[str, int] | None = None  # from the metadata, once read
@@ -322,7 +528,14 @@ class _ArchiveReader:
                                        and name not in self.sizes):
             return  # SageMaker archives may carry unrelated files
         self._check_size(name, member.size)
-        self.files[name] = _read_member(archive, member, self.archive)
+        if self.into is not None and name != METADATA:
+            _write_member(archive, member, self.archive, self.into / name)
+            self.files[name] = b""  # on disk; only its presence matters here
+        else:
+            self.files[name] = _read_member(archive, member, self.archive)
+            if self.into is not None:
+                with _cache_file(self.into / name) as write:
+                    write(self.files[name])
         if self.budget is not None:
             self.budget -= member.size
         if name == METADATA:
@@ -357,6 +570,47 @@ def _read_member(archive: tarfile.TarFile, member: tarfile.TarInfo, path: Path) 
     return bytes(data) if member.size <= READ_CHUNK_BYTES else data
 
 
+def _write_member(archive: tarfile.TarFile, member: tarfile.TarInfo, path: Path,
+                  target: Path) -> None:
+    """A member's declared bytes, copied in bounded chunks to ``target`` (a short member is
+    an error)."""
+    handle, left = archive.extractfile(member), member.size
+    with _cache_file(target) as out:
+        while left:
+            chunk = handle.read(min(left, READ_CHUNK_BYTES))
+            if not chunk:
+                raise ModelFileError(f"{path}: archive member {member.name!r} is truncated "
+                                     f"({member.size - left} of {member.size} bytes)")
+            out(chunk)
+            left -= len(chunk)
+
+
+@contextlib.contextmanager
+def _cache_file(target: Path):
+    """A writer of a new file in the cache: ``write(bytes)``; the cache's own failures
+    (full, read-only) come out as :class:`_CacheWriteError`."""
+    try:
+        handle = open(target, "xb")
+        os.fchmod(handle.fileno(), 0o644)
+    except OSError as err:
+        raise _CacheWriteError(f"{target}: {err}") from err
+
+    def write(data: Any) -> None:
+        try:
+            handle.write(data)
+        except OSError as err:
+            raise _CacheWriteError(f"{target}: {err}") from err
+
+    try:
+        yield write
+    finally:
+        handle.close()
+
+
+class _CacheWriteError(Exception):
+    """The cache could not be written (full, read-only): not the archive's fault."""
+
+
 def _safe_member_name(member: tarfile.TarInfo, archive: Path) -> str:
     name = member.name[2:] if member.name.startswith("./") else member.name
     if member.isdir() and name in ("", "."):
@@ -370,8 +624,9 @@ def _safe_member_name(member: tarfile.TarInfo, archive: Path) -> str:
 
 
 def _model_from_files(files: dict[str, bytes], *, device: str, origin: Path,
-                      build: bool = True) -> KNNModel | None:
-    """The model of checked files; with ``build`` False, every check and no model."""
+                      build: bool = True) -> KNNModel | dict[str, Any]:
+    """The model of checked files; with ``build`` False, every check and, instead of the
+    model, its metadata."""
     meta = _read_metadata(files, origin)
     _verify_checksums(files, meta, origin)
     hp = _hyperparameters(meta, origin)
@@ -384,7 +639,7 @@ def _model_from_files(files: dict[str, bytes], *, device: str, origin: Path,
     _check_dimensions(prep, origin)
     index = _index(files, meta, hp, device, origin, build=build)
     if index is None:
-        return None
+        return meta
     if index.ntotal != ntotal or index.dim != prep.index_dim:
         raise ModelFileError(f"{origin / INDEX}: index holds {index.ntotal} x {index.dim} "
                              f"vectors; {METADATA} says {ntotal} x {prep.index_dim}")
@@ -495,7 +750,8 @@ def _array(files: dict[str, bytes], name: str, dtype: str, count: int, origin: P
     if len(data) != count * itemsize:
         raise ModelFileError(f"{origin / name}: {len(data)} bytes; expected {count} values "
                              f"of {itemsize} bytes")
-    return np.frombuffer(data, dtype=dtype).astype(dtype[1:], copy=True)
+    # a read-only view (of the mapped file, in a directory): no copy on little-endian hosts
+    return np.frombuffer(data, dtype=dtype).astype(dtype[1:], copy=False)
 
 
 def _reduction(files: dict[str, bytes], meta: dict[str, Any], origin: Path):
@@ -523,27 +779,82 @@ def _reduction(files: dict[str, bytes], meta: dict[str, Any], origin: Path):
 
 _NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0,
                 (2, 0): np.lib.format.read_array_header_2_0}
+_NPY_HEADER_MAX = 1 << 16  # np.savez writes headers of a few hundred bytes
 
 
-def _npz_arrays(data: bytes) -> dict[str, np.ndarray]:
-    """The arrays of an ``.npz`` written by ``np.savez``: stored (uncompressed) members whose
-    headers declare no more bytes than they hold, and no objects (nothing unpickled)."""
-    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+def _npz_arrays(data: Any) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` written by ``np.savez``, as read-only views of ``data`` (a
+    mapped file's arrays stay in the page cache, shared): stored (uncompressed) members
+    whose headers declare no more bytes than they hold, and no objects (nothing is
+    unpickled; ``np.load`` is not used)."""
+    view = memoryview(data).cast("B")
+    arrays = {}
+    with zipfile.ZipFile(_ViewReader(view)) as archive:
         for info in archive.infolist():
-            if info.compress_type != zipfile.ZIP_STORED or info.file_size > len(data):
+            if info.compress_type != zipfile.ZIP_STORED or info.file_size > len(view):
                 raise ValueError(f"member {info.filename!r} is compressed or larger than "
                                  "the file; np.savez stores its arrays")
-            with archive.open(info) as member:
-                version = np.lib.format.read_magic(member)
-                read_header = _NPY_HEADERS.get(version)
-                if read_header is None:
-                    raise ValueError(f"member {info.filename!r}: .npy version {version}")
-                shape, _, dtype = read_header(member)
-            if dtype.hasobject or int(np.prod(shape)) * dtype.itemsize > info.file_size:
-                raise ValueError(f"member {info.filename!r} declares {shape} x {dtype}, more "
-                                 "than it holds")
-    with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
-        return {name: arrays[name] for name in arrays.files}
+            begin = _member_data(view, info)
+            arrays[info.filename.removesuffix(".npy")] = _npy_view(
+                data, view[begin:begin + info.file_size], begin, info.filename)
+    return arrays
+
+
+_ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature ... name length, extra length
+
+
+def _member_data(view: memoryview, info: zipfile.ZipInfo) -> int:
+    """Where a stored zip member's bytes start (after its local header)."""
+    at = info.header_offset
+    if at + _ZIP_LOCAL_HEADER.size > len(view):
+        raise ValueError(f"member {info.filename!r}: its header lies past the file's end")
+    signature, name_length, extra_length = _ZIP_LOCAL_HEADER.unpack_from(view, at)
+    begin = at + _ZIP_LOCAL_HEADER.size + name_length + extra_length
+    if signature != b"PK\x03\x04" or begin + info.file_size > len(view):
+        raise ValueError(f"member {info.filename!r}: not a zip member that the file holds")
+    return begin
+
+
+def _npy_view(data: Any, member: memoryview, begin: int, name: str) -> np.ndarray:
+    """The array of one ``.npy`` member (bytes ``begin`` on of ``data``), as a view."""
+    header = io.BytesIO(member[:_NPY_HEADER_MAX])
+    version = np.lib.format.read_magic(header)
+    read_header = _NPY_HEADERS.get(version)
+    if read_header is None:
+        raise ValueError(f"member {name!r}: .npy version {version}")
+    shape, fortran_order, dtype = read_header(header)
+    count = int(np.prod(shape))
+    if dtype.hasobject or header.tell() + count * dtype.itemsize > len(member):
+        raise ValueError(f"member {name!r} declares {shape} x {dtype}, more than it holds")
+    values = np.frombuffer(data, dtype=dtype, count=count, offset=begin + header.tell())
+    return values.reshape(shape, order="F" if fortran_order else "C")
+
+
+class _ViewReader(io.RawIOBase):
+    """A seekable file over a memoryview, for ``zipfile`` (no copy of the bytes)."""
+
+    def __init__(self, view: memoryview):
+        self._view, self._at = view, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._at
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._at, io.SEEK_END: len(self._view)}[whence]
+        self._at = max(0, base + offset)
+        return self._at
+
+    def readinto(self, buffer: Any) -> int:
+        chunk = self._view[self._at:self._at + len(buffer)]
+        buffer[:len(chunk)] = chunk
+        self._at += len(chunk)
+        return len(chunk)
 
 
 def _index(files: dict[str, bytes], meta: dict[str, Any], hp, device: str, origin: Path, *,
@@ -560,24 +871,47 @@ def _index(files: dict[str, bytes], meta: dict[str, Any], hp, device: str, origi
                              f"vectors ({found[3]}); {METADATA} says {declared[0]} of "
                              f"{declared[1]} x {declared[2]} ({declared[3]})")
     if header.kind == "faiss.Flat":
-        vectors = flat_vectors(files[INDEX], name)
-        partition = _stored_partition(files, meta, origin)
-        if not build:
-            return None
-        xp = _backend.array_module(device)
-        return ExactSearch(_backend.to_device(vectors, xp), hp.index_metric, xp=xp,
-                           partition=partition)
+        return _exact_search(files, meta, hp, device, origin, build=build)
     index = read_index(files[INDEX], name)
     if index_kind(index) != header.kind:
         raise ModelFileError(f"{name}: faiss reads a {index_kind(index)} index; its header "
                              f"says {header.kind}")
     if not build:
         return None
+    mapped_from = None
     if origin.is_dir():
         # The file's checksum was verified above; map it so processes share the lists.
         del index
-        index = map_index_file(str(origin / INDEX))
-    return IVFSearch(index, hp.index_metric, hp.faiss_index_nprobe).to_device(device)
+        index, mapped_from = map_index_file(str(origin / INDEX)), files[INDEX]
+    return IVFSearch(index, hp.index_metric, hp.faiss_index_nprobe,
+                     mapped_from=mapped_from).to_device(device)
+
+
+def _exact_search(files: dict[str, Any], meta: dict[str, Any], hp, device: str,
+                  origin: Path, *, build: bool) -> ExactSearch | None:
+    """A ``faiss.Flat`` index's search over a view of the file's vectors (a map, for a
+    directory), with the stored partition and norms where the format has them."""
+    vectors = flat_vectors(files[INDEX], str(origin / INDEX))
+    partition = _stored_partition(files, meta, origin)
+    stored = _stored_base(files, meta, origin)
+    if not build:
+        return None
+    if device == "gpu":  # exact search on a GPU is brute force, over rows in sample order
+        if isinstance(partition, ClusterPartition):
+            if stored is not None:  # format 3: stored in the partition's order
+                vectors = _in_sample_order(vectors, partition.order)
+            stored = None
+        xp = _backend.array_module(device)
+        return ExactSearch(_backend.to_device(vectors, xp), hp.index_metric, xp=xp,
+                           partition="never", stored=stored)
+    return ExactSearch(vectors, hp.index_metric, partition=partition, stored=stored)
+
+
+def _in_sample_order(vectors: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Rows stored in a partition's order, put back in sample order (a copy)."""
+    restored = np.empty(vectors.shape, dtype=np.float32)
+    restored[order] = vectors
+    return restored
 
 
 def _stored_partition(files: dict[str, bytes], meta: dict[str, Any], origin: Path,
@@ -595,11 +929,32 @@ def _stored_partition(files: dict[str, bytes], meta: dict[str, Any], origin: Pat
             raise ModelFileError(f"{origin / PARTITION}: present, but {METADATA} says the "
                                  "index has no partition")
         return "never"
-    if PARTITION not in files:
-        raise ModelFileError(f"{origin / PARTITION}: missing from the model ({METADATA} lists "
-                             "a partition)")
+    if PARTITION not in files or meta["index"]["metric"] != "L2":
+        raise ModelFileError(f"{origin / PARTITION}: missing from the model, or the index is "
+                             f"not L2 ({METADATA} lists a partition)")
     try:
         return ClusterPartition.from_arrays(_npz_arrays(files[PARTITION]),
                                             meta["index"]["ntotal"], meta["index"]["dim"])
     except (ValueError, KeyError, OSError, EOFError, TypeError, zipfile.BadZipFile) as err:
         raise ModelFileError(f"{origin / PARTITION}: unreadable ({err})"[:500]) from None
+
+
+def _stored_base(files: dict[str, bytes], meta: dict[str, Any],
+                 origin: Path) -> dict[str, np.ndarray] | None:
+    """The stored centre, norms and rounding bound of a Flat index (format 3), checked;
+    None for earlier formats (computed from the vectors then)."""
+    if meta["format_version"] < 3:
+        if FLAT in files:
+            raise ModelFileError(f"{origin / FLAT}: not part of model format "
+                                 f"{meta['format_version']}")
+        return None
+    if FLAT not in files:
+        raise ModelFileError(f"{origin / FLAT}: missing from the model (format 3 stores it "
+                             "with every faiss.Flat index)")
+    index = meta["index"]
+    try:
+        arrays = _npz_arrays(files[FLAT])
+        SearchBase.check_arrays(arrays, index["ntotal"], index["dim"], index["metric"])
+    except (ValueError, KeyError, OSError, EOFError, TypeError, zipfile.BadZipFile) as err:
+        raise ModelFileError(f"{origin / FLAT}: unreadable ({err})"[:500]) from None
+    return arrays

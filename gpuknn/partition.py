@@ -17,7 +17,8 @@ Nothing that could be among the k nearest is skipped, so the result is exact: th
 same float32 ranking surrogate as the brute-force search (with a generous allowance
 for its rounding in the bound), and ties to the smaller training row, as there. The
 clusters are stored one after another, and each is scored in one GEMM against the
-queries that need it.
+queries that need it (the base, held once by :class:`~gpuknn.search_base.SearchBase`,
+is stored in that order).
 
 A partition is kept only if it prunes on the data itself: at build time a sample of
 base rows is searched, and if more than :data:`MAX_SCANNED_FRACTION` of the base
@@ -28,12 +29,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gpuknn.metrics import squared_norms
 from gpuknn.rounding import gamma
+
+if TYPE_CHECKING:
+    from gpuknn.search_base import SearchBase
 
 MIN_ROWS = 50_000
 # About sqrt(n) * CLUSTER_SCALE clusters: fewer, larger clusters mean fewer GEMM calls
@@ -44,37 +47,9 @@ PROBE_QUERIES = 64
 PROBE_K = 10
 # Relative slack on the pruning test, far above float64 rounding of the bounds.
 BOUND_SLACK = 1e-6
-
-
-@dataclass(frozen=True)
-class SearchSpace:
-    """The base as a search reads it.
-
-    Attributes
-    ----------
-    scaled : ndarray of shape (n, d), float32
-        ``-2 x`` of the centred base vectors, cluster by cluster
-        (:attr:`ClusterPartition.order`).
-    sq_norms : ndarray of shape (n,), float32
-        ``|x|^2`` of the centred vectors, in the same order.
-    vectors : ndarray of shape (n, d), float32
-        The base in its original order, not centred.
-    center : ndarray of shape (d,), float32
-    """
-
-    scaled: np.ndarray
-    sq_norms: np.ndarray
-    vectors: np.ndarray
-    center: np.ndarray
-
-    @property
-    def max_norm(self) -> float:
-        """Largest norm of a centred base vector."""
-        return float(np.sqrt(self.sq_norms.max()))
-
-    def centred_rows(self, rows: np.ndarray) -> np.ndarray:
-        """Rows (any index shape), centred, in float64: shape ``rows.shape + (d,)``."""
-        return self.vectors[rows].astype(np.float64) - self.center.astype(np.float64)
+# k-means trains on this many (sampled) rows per cluster; rows are then assigned in blocks.
+TRAIN_ROWS_PER_CLUSTER = 64
+ASSIGN_ROWS = 1 << 13
 
 
 class ClusterPartition:
@@ -82,11 +57,10 @@ class ClusterPartition:
 
     Parameters
     ----------
-    vectors : ndarray of shape (n, d), float32
-        The (centred) base vectors.
-    labels : ndarray of shape (n,), int64
-        Cluster of every vector.
+    order : ndarray of shape (n,), int64
+    sizes : ndarray of shape (n_clusters,), int64
     centroids : ndarray of shape (n_clusters, d)
+    radii : ndarray of shape (n_clusters,)
 
     Attributes
     ----------
@@ -99,21 +73,27 @@ class ClusterPartition:
     centroids : ndarray of shape (n_clusters, d), float64
     radii : ndarray of shape (n_clusters,), float64
         Largest distance of a member to its centroid.
+    center : ndarray of shape (d,), float32, or None
+        The centre of the base it was made for, once read back from a model file.
     """
 
-    def __init__(self, vectors: np.ndarray, labels: np.ndarray, centroids: np.ndarray):
-        n_clusters = len(centroids)
-        radii = np.zeros(n_clusters)
-        for start in range(0, len(vectors), 1 << 16):
-            part = slice(start, start + (1 << 16))
-            offsets = vectors[part].astype(np.float64) - centroids[labels[part]]
-            np.maximum.at(radii, labels[part], np.sqrt((offsets**2).sum(axis=1)))
-        self._set(np.argsort(labels, kind="stable").astype(np.int64),
-                  np.bincount(labels, minlength=n_clusters).astype(np.int64), centroids, radii)
+    def __init__(self, order: np.ndarray, sizes: np.ndarray, centroids: np.ndarray,
+                 radii: np.ndarray):
+        self._set(order, sizes, centroids, radii)
+
+    @classmethod
+    def of_labels(cls, labels: np.ndarray, centroids: np.ndarray,
+                  radii: np.ndarray) -> ClusterPartition:
+        """The partition of a base whose row ``i`` lies in cluster ``labels[i]``."""
+        return cls(np.argsort(labels, kind="stable").astype(np.int64),
+                   np.bincount(labels, minlength=len(centroids)).astype(np.int64),
+                   centroids, radii)
 
     def _set(self, order: np.ndarray, sizes: np.ndarray, centroids: np.ndarray,
              radii: np.ndarray) -> None:
-        self.order, self.sizes = order, sizes
+        # int32 positions where they fit: 4 bytes a row less beside the base
+        self.order = order.astype(np.int32 if len(order) < 2**31 else np.int64, copy=False)
+        self.sizes = sizes
         self.bounds = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
         self.centroids = centroids.astype(np.float64)
         self._centroid_sq = (self.centroids**2).sum(axis=1)
@@ -148,8 +128,7 @@ class ClusterPartition:
         if not (np.isfinite(centroids).all() and np.isfinite(radii).all() and
                 radii.min(initial=0.0) >= 0):
             raise ValueError("centroids and radii must be finite, radii >= 0")
-        partition = cls.__new__(cls)
-        partition._set(order.astype(np.int64), sizes.astype(np.int64), centroids, radii)
+        partition = cls(order, sizes.astype(np.int64), centroids, radii)
         partition.center = np.asarray(arrays["center"], dtype=np.float32)
         return partition
 
@@ -158,7 +137,7 @@ class ClusterPartition:
         """Number of clusters."""
         return len(self.centroids)
 
-    def candidates(self, ranked: np.ndarray, k: int, space: SearchSpace,
+    def candidates(self, ranked: np.ndarray, k: int, base: SearchBase,
                    rescore: Callable[[np.ndarray, np.ndarray], np.ndarray],
                    ) -> tuple[np.ndarray, np.ndarray]:
         """The k nearest base rows of every query, with their recomputed scores.
@@ -168,10 +147,11 @@ class ClusterPartition:
         ranked : ndarray of shape (n_queries, d), float32
             Queries centred like the base (the space of the centroids).
         k : int
-        space : SearchSpace
+        base : SearchBase
         rescore : callable
-            ``rescore(queries, rows)``: the directly computed squared distance of each
-            pair (query number, base row), float32, as the brute-force search computes it.
+            ``rescore(queries, at)``: the directly computed squared distance of each pair
+            (query number, base row), float32, as the brute-force search computes it; ``at``
+            indexes ``base.vectors`` (the rows, or their positions in ``base.order``).
 
         Returns
         -------
@@ -181,18 +161,18 @@ class ClusterPartition:
             Ties broken by the smaller row.
         """
         centre_distance = self._centre_distances(ranked)
-        threshold = self._first_threshold(ranked, centre_distance, k, space)
+        threshold = self._first_threshold(ranked, centre_distance, k, base)
         needed = self._needed(ranked, centre_distance, threshold)
-        return self._scan(ranked, needed, threshold, k, space, rescore=rescore)
+        return self._scan(ranked, needed, threshold, k, base, rescore=rescore)
 
-    def scanned_fraction(self, ranked: np.ndarray, k: int, space: SearchSpace) -> float:
+    def scanned_fraction(self, ranked: np.ndarray, k: int, base: SearchBase) -> float:
         """Share of the base that :meth:`candidates` scans for these queries."""
         centre_distance = self._centre_distances(ranked)
-        threshold = self._first_threshold(ranked, centre_distance, k, space)
+        threshold = self._first_threshold(ranked, centre_distance, k, base)
         needed = self._needed(ranked, centre_distance, threshold)
         return float((needed @ self.sizes).sum() / (len(ranked) * len(self.order)))
 
-    def _first_threshold(self, ranked, centre_distance, k: int, space) -> np.ndarray:
+    def _first_threshold(self, ranked, centre_distance, k: int, base) -> np.ndarray:
         """Per query, a surrogate score that at least k base vectors reach: the k-th
         smallest score in its nearest clusters (until they hold k), plus rounding slack.
 
@@ -206,23 +186,23 @@ class ClusterPartition:
         clusters, starts = np.unique(nearest[by_cluster], return_index=True)
         groups = np.split(by_cluster, starts[1:]) if len(clusters) else []
         for cluster, which in zip(clusters, groups, strict=True):
-            block = self._scores(ranked[which], cluster, space)
+            block = self._scores(ranked[which], cluster, base)
             kth[which] = np.partition(block, k - 1, axis=1)[:, k - 1]
         for query in np.flatnonzero(small):  # rare: the nearest cluster holds fewer than k
             by_distance = np.argsort(centre_distance[query], kind="stable")
             held = np.cumsum(self.sizes[by_distance])
             clusters = by_distance[: int(np.searchsorted(held, k)) + 1]
-            scores = np.concatenate([self._scores(ranked[query : query + 1], c, space)[0]
+            scores = np.concatenate([self._scores(ranked[query : query + 1], c, base)[0]
                                      for c in clusters])
             kth[query] = np.partition(scores, k - 1)[k - 1]
-        return kth + self._slack(ranked, space)
+        return kth + self._slack(ranked, base)
 
-    def _slack(self, ranked: np.ndarray, space: SearchSpace) -> np.ndarray:
+    def _slack(self, ranked: np.ndarray, base: SearchBase) -> np.ndarray:
         """Twice a bound on the float32 rounding of a surrogate score (the threshold's own
         and a true neighbour's), at least a relative 1e-5."""
         query_norm = np.sqrt((ranked.astype(np.float64) ** 2).sum(axis=1))
         relative = max(1e-5, 2 * gamma(ranked.shape[1] + 2))
-        return relative * (query_norm + space.max_norm) ** 2 + 1e-30
+        return relative * (query_norm + base.bound.radius) ** 2 + 1e-30
 
     def _needed(self, ranked, centre_distance, threshold) -> np.ndarray:
         """(n_queries, n_clusters) bool: clusters whose lower bound ``|q - c| - r`` does
@@ -231,7 +211,7 @@ class ClusterPartition:
         tau = np.sqrt(np.maximum(threshold + query_sq, 0.0))
         return (centre_distance - self.radii) <= (tau * (1 + BOUND_SLACK))[:, None]
 
-    def _scan(self, ranked, needed, threshold, k: int, space, *,
+    def _scan(self, ranked, needed, threshold, k: int, base, *,
               rescore) -> tuple[np.ndarray, np.ndarray]:
         """Score every query against its needed clusters, keep the rows within its
         threshold, recompute their distances and take the k best by (distance, row)."""
@@ -240,11 +220,13 @@ class ClusterPartition:
         starts = np.searchsorted(clusters, np.arange(self.n_clusters + 1))
         for cluster in np.flatnonzero(np.diff(starts)):
             which = query_ids[starts[cluster]:starts[cluster + 1]]
-            block = self._scores(ranked[which], cluster, space)
+            block = self._scores(ranked[which], cluster, base)
             hit_query, hit_member = np.nonzero(block <= threshold[which][:, None])
-            rows = self.order[self.bounds[cluster] + hit_member]
+            positions = self.bounds[cluster] + hit_member
+            rows = self.order[positions]
             kept_queries.append(which[hit_query])
-            kept_values.append(rescore(which[hit_query], rows))
+            kept_values.append(rescore(which[hit_query], rows if base.order is None else
+                                       positions))
             kept_rows.append(rows)
         queries = np.concatenate(kept_queries)
         values, rows = np.concatenate(kept_values), np.concatenate(kept_rows)
@@ -256,11 +238,14 @@ class ClusterPartition:
         picked = order[first[:, None] + np.arange(k)]
         return values[picked], rows[picked]
 
-    def _scores(self, ranked: np.ndarray, cluster: int, space: SearchSpace) -> np.ndarray:
-        """Surrogate scores (n_queries, cluster size), float32, against one cluster."""
-        low, high = self.bounds[cluster], self.bounds[cluster + 1]
-        block = ranked @ space.scaled[low:high].T
-        block += space.sq_norms[low:high]
+    def _scores(self, ranked: np.ndarray, cluster: int, base: SearchBase) -> np.ndarray:
+        """Surrogate scores (n_queries, cluster size), float32, against one cluster (its
+        rows scaled into a scratch block)."""
+        members = slice(self.bounds[cluster], self.bounds[cluster + 1])
+        if base.order is None:  # a base in its rows' order (while probing): gather
+            members = self.order[members]
+        block = ranked @ base.scaled(members).T
+        block += base.sq_norms[members]
         return block
 
     def _centre_distances(self, queries: np.ndarray) -> np.ndarray:
@@ -269,11 +254,15 @@ class ClusterPartition:
         return np.sqrt(np.maximum(squared, 0.0))
 
 
-def build(vectors: np.ndarray, *, seed: int = 0,
+def build(base: SearchBase, *, seed: int = 0,
           min_rows: int = MIN_ROWS) -> ClusterPartition | None:
-    """k-means clusters of ``vectors`` (n, d) float32 (centred); None for a small base
-    (< ``min_rows``) or without faiss. Check :func:`probe` before using it."""
-    n, dim = vectors.shape
+    """k-means clusters of a (centred) L2 base; None for a small base (< ``min_rows``)
+    or without faiss. Check :func:`probe` before using it.
+
+    k-means trains on a seeded subsample of :data:`TRAIN_ROWS_PER_CLUSTER` rows per
+    cluster, then the rows are assigned a block at a time: no copy of the base is made.
+    """
+    n, dim = base.shape
     if n < max(min_rows, 2):
         return None
     try:
@@ -284,29 +273,26 @@ def build(vectors: np.ndarray, *, seed: int = 0,
         return None
     n_clusters = int(min(4096, n // 2, max(16, round(math.sqrt(n) * CLUSTER_SCALE))))
     kmeans = faiss.Kmeans(dim, n_clusters, niter=10, seed=seed + 1,
-                          max_points_per_centroid=64, verbose=False)
-    kmeans.train(vectors)
-    _, labels = kmeans.index.search(vectors, 1)
-    return ClusterPartition(vectors, labels.ravel().astype(np.int64), kmeans.centroids)
+                          max_points_per_centroid=TRAIN_ROWS_PER_CLUSTER, verbose=False)
+    train = np.random.default_rng(seed).choice(
+        n, size=min(n, TRAIN_ROWS_PER_CLUSTER * n_clusters), replace=False)
+    kmeans.train(base.centred(np.sort(train)))
+    labels, radii = np.empty(n, dtype=np.int64), np.zeros(n_clusters)
+    for start in range(0, n, ASSIGN_ROWS):
+        block = base.centred(slice(start, start + ASSIGN_ROWS))
+        _, nearest = kmeans.index.search(block, 1)
+        nearest = nearest.ravel().astype(np.int64)
+        labels[start:start + len(block)] = nearest
+        offsets = block.astype(np.float64)
+        offsets -= kmeans.centroids[nearest]
+        np.maximum.at(radii, nearest, np.sqrt(np.einsum("ij,ij->i", offsets, offsets)))
+    return ClusterPartition.of_labels(labels, kmeans.centroids, radii)
 
 
-def search_space(partition: ClusterPartition, base: np.ndarray, vectors: np.ndarray,
-                 center: np.ndarray) -> SearchSpace:
-    """The partitioned layout of ``base`` (n, d) float32, centred.
-
-    Built in place and in row chunks, so that it costs one copy of the base; the values
-    are those of the brute-force layout, row for row.
-    """
-    ordered = base[partition.order]
-    sq_norms = squared_norms(ordered)
-    ordered *= np.float32(-2.0)
-    return SearchSpace(ordered, sq_norms, vectors, center)
-
-
-def probe(partition: ClusterPartition, space: SearchSpace, *, seed: int = 0) -> float:
+def probe(partition: ClusterPartition, base: SearchBase, *, seed: int = 0) -> float:
     """Share of the base scanned when searching base rows as queries (keep the partition
     if it is at most :data:`MAX_SCANNED_FRACTION`)."""
     n = len(partition.order)
     probe = np.random.default_rng(seed).choice(n, size=min(PROBE_QUERIES, n), replace=False)
-    queries = space.centred_rows(probe[:, None])[:, 0, :].astype(np.float32)
-    return partition.scanned_fraction(queries, PROBE_K, space)
+    queries = base.centred_rows(probe[:, None])[:, 0, :].astype(np.float32)
+    return partition.scanned_fraction(queries, PROBE_K, base)

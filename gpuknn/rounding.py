@@ -24,6 +24,7 @@ their order (the smaller row first).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -32,7 +33,7 @@ import numpy as np
 
 UNIT_ROUNDOFF = 2.0 ** -24
 EXACT_INTEGER_LIMIT = 2.0 ** 24
-_BLOCK_ROWS = 1 << 16
+_BLOCK_ROWS = 1 << 16  # base rows per block of a float64 re-search
 # float64 scores held at once by a re-search (64 MiB).
 FLOAT64_PASS_ELEMENTS = 1 << 23
 
@@ -62,17 +63,18 @@ class RoundingBound:
     integer: bool
 
     @classmethod
-    def of(cls, base: Any, metric: str, *, xp: ModuleType = np) -> RoundingBound:
-        """The bound for ``base`` (n, d) float32 as it is ranked (centred for L2).
-
-        Reads the base a block of rows at a time: no copy of it is made.
-        """
+    def of_blocks(cls, blocks: Iterable[Any], metric: str, dim: int, *,
+                  xp: ModuleType = np) -> RoundingBound:
+        """The bound for a base (centred, for L2) given as blocks of rows, each (m, d)
+        float32: a pass over the base that holds one block at a time."""
         radius_sq, integer = 0.0, True
-        for start in range(0, base.shape[0], _BLOCK_ROWS):
-            block = base[start:start + _BLOCK_ROWS].astype(xp.float64)
-            radius_sq = max(radius_sq, float((block * block).sum(axis=1).max()))
+        for block in blocks:
+            if not len(block):
+                continue
+            wide = block.astype(xp.float64)
+            radius_sq = max(radius_sq, float(xp.einsum("ij,ij->i", wide, wide).max()))
             integer = integer and bool(xp.all(block == xp.round(block)))
-        return cls(metric, int(base.shape[1]), float(np.sqrt(radius_sq)), integer)
+        return cls(metric, int(dim), float(np.sqrt(radius_sq)), integer)
 
     def in_doubt(self, queries: Any, boundary: Any, kth: Any, *, xp: ModuleType = np) -> Any:
         """Rows whose top k could hold a row the surrogate did not keep.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from gpuknn._permute import permute_rows
 from gpuknn.errors import DataError
 
 _SEED_STREAM = 1  # the projections use stream 2 of the same seed
@@ -40,6 +41,7 @@ class ReservoirSampler:
         self._labels: np.ndarray | None = None
         self._ids: np.ndarray | None = None
         self._filled = 0
+        self._taken = False
 
     def add(self, X: np.ndarray, y: np.ndarray | None = None) -> None:
         """Offer the next batch of rows to the sample.
@@ -56,6 +58,8 @@ class ReservoirSampler:
             For a row with NaN or infinite values (named by its row number in the
             stream), a change of feature count, or labels that come and go.
         """
+        if self._taken:
+            raise RuntimeError("the sample was taken (result(take=True)): start a new sampler")
         X = np.asarray(X, dtype=np.float32)
         self._check(X, y)
         if self._features is None:
@@ -108,10 +112,10 @@ class ReservoirSampler:
         if rows <= capacity:
             return
         capacity = min(self.sample_size, max(rows, 2 * capacity))
-        self._features = _grown(self._features, capacity, self._filled)
-        self._ids = _grown(self._ids, capacity, self._filled)
+        self._features = _resized(self._features, capacity)
+        self._ids = _resized(self._ids, capacity)
         if self._labels is not None:
-            self._labels = _grown(self._labels, capacity, self._filled)
+            self._labels = _resized(self._labels, capacity)
 
     def _store(self, slots, X, y, first_id: int, offset: int) -> None:
         self._features[slots] = X
@@ -135,8 +139,15 @@ class ReservoirSampler:
             self._labels[unique_slots] = np.asarray(y, dtype=np.float32)[winners]
         self._ids[unique_slots] = first_id + winners
 
-    def result(self) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    def result(self, *, take: bool = False) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         """The sample, in the order of the stream.
+
+        Parameters
+        ----------
+        take : bool
+            Hand the sampler's own buffer over, trimmed and put in order in place, instead
+            of a copy: training's way, so that the sample is never held twice. The sampler
+            takes no rows after that.
 
         Returns
         -------
@@ -155,10 +166,24 @@ class ReservoirSampler:
         kept = self._filled
         order = np.argsort(self._ids[:kept], kind="stable")
         labels = None if self._labels is None else self._labels[:kept][order]
-        return self._features[:kept][order], labels, self._ids[:kept][order]
+        if not take:
+            return self._features[:kept][order], labels, self._ids[:kept][order]
+        features, ids = _resized(self._features, kept), self._ids[:kept][order]
+        self._features = self._labels = self._ids = None  # the sampler's buffers go now
+        permute_rows(features, order)
+        self._taken = True
+        return features, labels, ids
 
 
-def _grown(array: np.ndarray, capacity: int, used: int) -> np.ndarray:
-    bigger = np.empty((capacity, *array.shape[1:]), dtype=array.dtype)
-    bigger[:used] = array[:used]
+def _resized(array: np.ndarray, rows: int) -> np.ndarray:
+    """``array`` with room for ``rows`` rows, keeping its first rows: resized in place where
+    numpy can (a large buffer is then remapped by the allocator, not copied), else a copy."""
+    if array.shape[0] == rows:
+        return array
+    if array.flags.owndata and array.flags.c_contiguous:
+        array.resize((rows, *array.shape[1:]), refcheck=False)  # no view of it is ever kept
+        return array
+    bigger = np.empty((rows, *array.shape[1:]), dtype=array.dtype)
+    kept = min(rows, array.shape[0])
+    bigger[:kept] = array[:kept]
     return bigger

@@ -285,8 +285,8 @@ def _member_edit(draw, members):
     return members
 
 
-def load_or_refuse(path: Path) -> None:
-    """A model loads, or is refused with a ModelFileError naming the model's path."""
+def load_or_refuse(path: Path) -> bool:
+    """A model loads (True), or is refused with a ModelFileError naming the model's path."""
     from gpuknn import KNNModel
 
     try:
@@ -295,3 +295,5 @@ def load_or_refuse(path: Path) -> None:
         assert isinstance(error, ModelFileError), f"{type(error).__name__}: {error}"
         assert str(path) in str(error), str(error)
         assert "Traceback" not in str(error)
+        return False
+    return True

@@ -161,8 +161,8 @@ def test_sagemaker_sdk_local_mode_trains_on_two_instances(cpu_image, docker_api,
     # The model is the leader's (local mode mounts one model/ into both containers).
     assert "Model written to /opt/ml/model" in leader_log
     assert "Model written to" not in follower_log
-    assert report["model_files"] == ["model_algo-1", "model_algo-1.ids", "model_algo-1.json",
-                                     "model_algo-1.labels"], report
+    assert report["model_files"] == ["model_algo-1", "model_algo-1.flat.npz", "model_algo-1.ids",
+                                     "model_algo-1.json", "model_algo-1.labels"], report
     assert report["rows_seen"] == report["n_indexed"] == 16000, report
     assert report["ids_are_row_numbers"] and report["equals_one_process_fit"], report
     assert report["predict_rows"] == 2000 and report["endpoint_equals_python_api"], report

@@ -38,6 +38,22 @@ def test_exact_tiles_merge_across_base_blocks(rng, monkeypatch):
     np.testing.assert_allclose(small[0], large[0], rtol=1e-6)
 
 
+def test_candidate_lists_merged_early_keep_ties_in_row_order(rng, monkeypatch):
+    """More tiles than MERGE_TILES: the lists are merged a few tiles at a time, and
+    integer data full of distance ties gives exactly the answer of one merge."""
+    X = rng.integers(0, 3, size=(9000, 4)).astype(np.float32)
+    Q = rng.integers(0, 3, size=(40, 4)).astype(np.float32)
+    once = ExactSearch(X, "L2", partition="never").search(Q, 25)
+    monkeypatch.setattr(exact, "MERGE_TILES", 2)
+    early = ExactSearch(X, "L2", tile_bytes=4096, partition="never").search(Q, 25)
+    np.testing.assert_array_equal(early[1], once[1])
+    np.testing.assert_array_equal(early[0], once[0])
+    distances = ((X[once[1]] - Q[:, None, :]) ** 2).sum(axis=2)
+    assert (np.diff(distances, axis=1) >= 0).all()
+    tied = np.diff(distances, axis=1) == 0
+    assert tied.any() and (np.diff(once[1], axis=1)[tied] > 0).all(), "ties: smaller row first"
+
+
 def test_exact_ties_go_to_the_smaller_row(xp):
     X = np.array([[1, 0], [0, 1], [-1, 0], [0, -1], [5, 5]], dtype=np.float32)
     distances, positions = ExactSearch(xp.asarray(X), "L2", xp=xp).search(

@@ -10,6 +10,8 @@ import json
 import os
 import pathlib
 import pickle
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -24,6 +26,7 @@ INDEX = "model_algo-1"
 LABELS = "model_algo-1.labels"
 IDS = "model_algo-1.ids"
 REDUCTION = "model_algo-1.reduction.npz"
+FLAT = "model_algo-1.flat.npz"
 BIG = 10**6  # a sample_size above the data: every row is indexed
 
 
@@ -214,7 +217,7 @@ def test_directory_holds_the_sagemaker_files(tmp_path, train):
                 dimension_reduction_target=8)
     model.save(tmp_path / "m")
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == sorted(
-        [INDEX, LABELS, IDS, REDUCTION, JSON])
+        [INDEX, LABELS, IDS, REDUCTION, FLAT, JSON])
     meta = read_meta(tmp_path / "m")
     assert (meta["k"], meta["predictor_type"]) == (5, "classifier")
     assert meta["dimension_reduction"] == {"type": "sign", "seed": 0, "input_dim": 64,
@@ -228,7 +231,7 @@ def test_archive_holds_the_same_files_at_top_level(tmp_path, train):
     fit(*train).save(tmp_path / "model.tar.gz")
     with tarfile.open(tmp_path / "model.tar.gz") as archive:
         members = archive.getmembers()
-    assert sorted(m.name for m in members) == sorted([INDEX, LABELS, IDS, JSON])
+    assert sorted(m.name for m in members) == sorted([INDEX, LABELS, IDS, FLAT, JSON])
     assert all(m.isfile() for m in members)
 
 
@@ -384,7 +387,8 @@ CORRUPTIONS = [
     pytest.param(_write(JSON, b"[1, 2, 3]"), JSON, id="json-not-an-object"),
     pytest.param(_write(JSON, b""), JSON, id="empty-json"),
     pytest.param(_write(JSON, b" " * (1 << 20) + b"{}"), JSON, id="huge-json"),
-    pytest.param(_meta(format_version=3), JSON, id="newer-format-version"),
+    pytest.param(_meta(format_version=model_io.FORMAT_VERSION + 1), JSON,
+                 id="newer-format-version"),
     pytest.param(_meta(format_version="1"), JSON, id="format-version-string"),
     pytest.param(_meta(format="something-else"), JSON, id="other-format"),
     pytest.param(_meta_drop("index"), JSON, id="json-missing-key"),
@@ -400,6 +404,8 @@ CORRUPTIONS = [
     pytest.param(_drop(LABELS), LABELS, id="missing-labels"),
     pytest.param(_drop(REDUCTION), REDUCTION, id="missing-reduction"),
     pytest.param(_flip_byte(REDUCTION), REDUCTION, id="flipped-reduction"),
+    pytest.param(_drop(FLAT), FLAT, id="missing-flat-arrays"),
+    pytest.param(_flip_byte(FLAT), FLAT, id="flipped-flat-arrays"),
 ]
 
 
@@ -471,7 +477,7 @@ def test_wrong_shapes(saved, corrupt, broken):
 ])
 def test_index_file_of_another_model(saved, digits, config, broken):
     other = fit(digits[0][:300], digits[1][:300], **config)
-    replace_file_consistently(saved, INDEX, model_io._model_files(other)[INDEX])
+    replace_file_consistently(saved, INDEX, model_io._model_files(other)[INDEX].tobytes())
     with pytest.raises(ModelFileError) as info:
         load(saved)
     assert f"{saved / broken}:" in str(info.value), str(info.value)
@@ -502,7 +508,7 @@ def test_empty_directory(tmp_path):
 # -- corrupt and hostile archives -------------------------------------------------------------
 @pytest.fixture
 def archive_files(small_model) -> dict[str, bytes]:
-    return model_io._model_files(small_model)
+    return {name: data.tobytes() for name, data in model_io._model_files(small_model).items()}
 
 
 @pytest.fixture
@@ -627,7 +633,9 @@ def test_saving_over_an_archive_replaces_it(tmp_path, train, queries, small_mode
     other = fit(*train, predictor_type="regressor")
     other.save(path)
     assert_same_answers(load(path), other, queries)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.tar.gz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".gpuknn-models", "model.tar.gz"]
+    unpacked = list((tmp_path / ".gpuknn-models").iterdir())
+    assert len(unpacked) == 1, "the copy of the replaced archive is removed"
 
 
 class SimulatedCrashError(Exception):
@@ -746,7 +754,7 @@ def test_loading_never_unpickles(tmp_path, monkeypatch, train, queries, *, kind,
     monkeypatch.setattr(pickle, "loads", no_pickle)
     loaded = load(path)
     monkeypatch.undo()
-    assert calls, "the reduction is read with np.load"
+    assert not calls, "the .npz members are read as views, never through np.load"
     assert_same_answers(loaded, original, queries)
 
 
@@ -773,6 +781,16 @@ def test_object_array_in_reduction_is_refused(tmp_path, small_model, where):
 # -- the stored cluster partition (format 2), and models of format 1 ---------------------------
 PARTITION = "model_algo-1.partition.npz"
 FORMAT_1 = Path(__file__).parent / "data" / "model-format-1"
+FORMAT_2 = Path(__file__).parent / "data" / "model-format-2"
+
+
+def in_sample_order(path: Path, model: KNNModel) -> None:
+    """Rewrite a saved partitioned model's index with its rows in sample order (as formats
+    1 and 2 stored them), its checksum updated."""
+    restored = np.empty_like(model.index.vectors)
+    restored[model.index.partition.order] = model.index.vectors
+    head = (path / INDEX).read_bytes()[: -restored.nbytes]
+    replace_file_consistently(path, INDEX, head + restored.tobytes())
 
 
 def test_a_model_of_format_1_still_loads_and_answers_as_before():
@@ -784,6 +802,20 @@ def test_a_model_of_format_1_still_loads_and_answers_as_before():
     distances, positions = model.kneighbors(expected["queries"])
     np.testing.assert_array_equal(positions, expected["positions"])
     np.testing.assert_allclose(distances, expected["distances"], rtol=1e-6)
+    np.testing.assert_array_equal(model.predict(expected["queries"]), expected["predictions"])
+
+
+def test_a_model_of_format_2_still_loads_and_answers_as_before():
+    """tests/data/model-format-2 was written by gpuknn's format 2 (a stored partition, the
+    index in sample order, no norms), with the answers it gave then."""
+    assert read_meta(FORMAT_2)["format_version"] == 2
+    assert read_meta(FORMAT_2)["index"]["partition"] is True
+    expected = np.load(FORMAT_2.parent / "model-format-2-expected.npz")
+    model = load(FORMAT_2)
+    assert model.index.partitioned
+    distances, positions = model.kneighbors(expected["queries"])
+    np.testing.assert_array_equal(positions, expected["positions"])
+    np.testing.assert_array_equal(distances, expected["distances"])
     np.testing.assert_array_equal(model.predict(expected["queries"]), expected["predictions"])
 
 
@@ -810,6 +842,14 @@ def no_kmeans(monkeypatch):
     monkeypatch.setattr(faiss, "Kmeans", refuse)
 
 
+def pruned_model_rows(n: int) -> np.ndarray:
+    """The first n training rows of :func:`pruned_model` (the same draws)."""
+    rng = np.random.default_rng(3)
+    centres = rng.normal(scale=20.0, size=(200, 8))
+    X = centres[rng.integers(0, 200, 60_000)] + rng.normal(size=(60_000, 8))
+    return X[:n].astype(np.float32)
+
+
 def pruning_queries() -> np.ndarray:
     rng = np.random.default_rng(4)
     return (rng.normal(scale=20.0, size=(300, 8))).astype(np.float32)
@@ -823,6 +863,22 @@ def test_the_partition_is_stored_and_loading_runs_no_kmeans(tmp_path, pruned_mod
     assert_same_answers(loaded, pruned_model, pruning_queries())
 
 
+def test_a_partitioned_index_is_stored_cluster_by_cluster_and_mapped(tmp_path, pruned_model,
+                                                                     no_kmeans):
+    """Format 3: index row i is sample row order[i], as the search holds it; loading maps
+    the file (read-only, shared) and takes the norms from the flat file."""
+    path = pruned_model.save(tmp_path / "model")
+    order = np.load(path / PARTITION)["order"]
+    stored = np.frombuffer((path / INDEX).read_bytes()[-pruned_model.index.vectors.nbytes:],
+                           dtype="<f4").reshape(pruned_model.index.vectors.shape)
+    loaded = load(path)
+    np.testing.assert_array_equal(stored, loaded.index.vectors)
+    assert not loaded.index.vectors.flags.writeable  # a view of the mapped file
+    np.testing.assert_array_equal(stored[np.argsort(order)][:50], pruned_model_rows(50))
+    np.testing.assert_array_equal(np.load(path / FLAT)["sq_norms"],
+                                  pruned_model.index.base.sq_norms)
+
+
 def test_a_brute_force_model_stores_that_it_has_no_partition(tmp_path, small_model, no_kmeans):
     small_model.save(tmp_path / "model")
     assert read_meta(tmp_path / "model")["index"]["partition"] is False
@@ -831,13 +887,15 @@ def test_a_brute_force_model_stores_that_it_has_no_partition(tmp_path, small_mod
 
 
 def test_format_1_rebuilds_the_partition_and_says_so(tmp_path, pruned_model, caplog):
-    """The same model as format 1 wrote it: no partition file, no partition key."""
+    """The same model as format 1 wrote it: no partition or flat file, rows in sample order."""
     path = pruned_model.save(tmp_path / "model")
-    (path / PARTITION).unlink()
+    in_sample_order(path, pruned_model)
+    for name in (PARTITION, FLAT):
+        (path / name).unlink()
     meta = read_meta(path)
     meta["format_version"] = 1
     del meta["index"]["partition"]
-    del meta["files"][PARTITION]
+    del meta["files"][PARTITION], meta["files"][FLAT]
     write_meta(path, meta)
     with caplog.at_level("INFO", logger="gpuknn"):
         loaded = load(path)
@@ -869,3 +927,112 @@ def test_a_stored_partition_that_does_not_fit_is_refused(tmp_path, pruned_model,
     replace_file_consistently(path, PARTITION, buffer.getvalue())
     with pytest.raises(ModelFileError, match=fragment):
         load(path)
+
+
+@pytest.mark.parametrize(("arrays", "fragment"), [
+    ({"sq_norms": "short"}, "sq_norms must be 60000"),
+    ({"sq_norms": "negative"}, "sq_norms must be"),
+    ({"center": "fraction"}, "center must be 8 finite whole"),
+    ({"radius": "nan"}, "radius must be one finite number"),
+    ({"integer": "array"}, "integer must be one true or false"),
+])
+def test_stored_norms_that_do_not_fit_are_refused(tmp_path, pruned_model, arrays, fragment):
+    path = pruned_model.save(tmp_path / "model")
+    stored = dict(np.load(path / FLAT))
+    for name, how in arrays.items():
+        value = stored[name].copy()
+        if how == "short":
+            value = value[:-1]
+        elif how == "negative":
+            value[7] = -1.0
+        elif how == "fraction":
+            value[0] += 0.5
+        elif how == "nan":
+            value = np.float64(np.nan)
+        else:
+            value = np.array([True, False])
+        stored[name] = value
+    buffer = io.BytesIO()
+    np.savez(buffer, **stored)
+    replace_file_consistently(path, FLAT, buffer.getvalue())
+    with pytest.raises(ModelFileError, match=fragment) as info:
+        load(path)
+    assert f"{path / FLAT}:" in str(info.value)
+
+
+def test_a_format_2_model_is_reordered_when_loaded(tmp_path, pruned_model, no_kmeans):
+    """The same model as format 2 wrote it: a partition, rows in sample order, no norms."""
+    path = pruned_model.save(tmp_path / "model")
+    in_sample_order(path, pruned_model)
+    (path / FLAT).unlink()
+    meta = read_meta(path)
+    meta["format_version"] = 2
+    del meta["files"][FLAT]
+    write_meta(path, meta)
+    loaded = load(path)
+    assert loaded.index.partitioned
+    assert_same_answers(loaded, pruned_model, pruning_queries())
+
+
+# -- archives: unpacked once into a cache, then mapped ----------------------------------------
+CACHE = ".gpuknn-models"
+
+
+def test_an_archive_is_unpacked_once_beside_it_and_mapped(tmp_path, small_model, queries):
+    path = small_model.save(tmp_path / "model.tar.gz")
+    first = load(path)
+    copies = list((tmp_path / CACHE).iterdir())
+    assert len(copies) == 1 and copies[0].name.startswith("model.tar.gz.")
+    assert not first.index.vectors.flags.writeable, "the index is a map of the copy"
+    made = (copies[0] / INDEX).stat().st_ino
+    assert_same_answers(load(path), small_model, queries)
+    assert (copies[0] / INDEX).stat().st_ino == made, "the second load reuses the copy"
+    assert not [p for p in (tmp_path / CACHE).iterdir() if p.name.startswith(".")]
+
+
+def test_a_named_cache_directory_or_variable_is_used(tmp_path, monkeypatch, small_model,
+                                                     queries):
+    path = small_model.save(tmp_path / "in" / "model.tar.gz")
+    assert_same_answers(KNNModel.load(path, device="cpu", cache_dir=tmp_path / "named"),
+                        small_model, queries)
+    assert len(list((tmp_path / "named").iterdir())) == 1
+    monkeypatch.setenv("GPUKNN_MODEL_CACHE", str(tmp_path / "variable"))
+    assert_same_answers(load(path), small_model, queries)
+    assert len(list((tmp_path / "variable").iterdir())) == 1
+    assert not (tmp_path / "in" / CACHE).exists()
+
+
+def test_without_a_writable_cache_the_archive_is_read_into_memory(tmp_path, small_model,
+                                                                 queries, caplog):
+    path = small_model.save(tmp_path / "model.tar.gz")
+    (tmp_path / "a-file").write_text("not a directory")
+    with caplog.at_level("INFO", logger="gpuknn"):
+        loaded = KNNModel.load(path, device="cpu", cache_dir=tmp_path / "a-file" / "cache")
+    assert "reading the archive into memory" in caplog.text
+    assert_same_answers(loaded, small_model, queries)
+
+
+def test_a_damaged_copy_is_replaced_by_the_archive_itself(tmp_path, small_model, queries,
+                                                          caplog):
+    path = small_model.save(tmp_path / "model.tar.gz")
+    load(path)
+    (copy,) = (tmp_path / CACHE).iterdir()
+    labels = bytearray((copy / LABELS).read_bytes())
+    labels[0] ^= 0xFF
+    (copy / LABELS).write_bytes(bytes(labels))
+    with caplog.at_level("WARNING", logger="gpuknn"):
+        assert_same_answers(load(path), small_model, queries)
+    assert "does not load" in caplog.text and "checksum mismatch" in caplog.text
+    assert_same_answers(load(path), small_model, queries)  # unpacked again, whole
+
+
+def test_processes_racing_to_unpack_one_archive_share_one_copy(tmp_path, small_model):
+    path = small_model.save(tmp_path / "model.tar.gz")
+    script = ("import sys; from gpuknn import KNNModel; "
+              "print(KNNModel.load(sys.argv[1], device='cpu').n_indexed)")
+    runs = [subprocess.Popen([sys.executable, "-c", script, str(path)],
+                             stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    outputs = [run.communicate(timeout=120)[0].strip() for run in runs]
+    assert [run.returncode for run in runs] == [0, 0, 0]
+    assert outputs == [str(small_model.n_indexed)] * 3
+    assert len(list((tmp_path / CACHE).iterdir())) == 1, "one copy, no temporary left"

@@ -78,7 +78,7 @@ def test_pruning_skips_most_of_a_clustered_base(rng):
     X, Q = data[:60_000], data[60_000:]
     pruned = ExactSearch(X, "L2")  # "auto": large enough, and it pays off
     assert pruned.partitioned
-    fraction = pruned._partition.scanned_fraction(Q - pruned._center, 10, pruned._space)
+    fraction = pruned.partition.scanned_fraction(Q - pruned.center, 10, pruned.base)
     # Centres about 100 apart with unit spread: a query's neighbours are in its own blob,
     # and only the few clusters cut from that blob pass the bound.
     assert fraction < 0.05

@@ -190,7 +190,7 @@ def test_letter_classifier_scores_the_reference_accuracy(tmp_path, letter):
                        "train:sample_size": 16000.0,
                        "train:throughput": metric(result.stdout, "train:throughput")}
     assert model_files(root) == sorted([model_io.INDEX, model_io.LABELS, model_io.IDS,
-                                        model_io.METADATA])
+                                        model_io.FLAT, model_io.METADATA])
     model = KNNModel.load(root / "model", device="cpu")
     assert (model.k, model.predictor_type, model.n_indexed, model.feature_dim) == (
         1, "classifier", 16000, 16)

@@ -2,7 +2,10 @@
 
 - :mod:`gpuknn.benchmark.presets`: the data sets (made from a seed, or read).
 - :mod:`gpuknn.benchmark.engines`: gpuknn and its peers behind one small interface.
-- :mod:`gpuknn.benchmark.measure`: build time, throughput, latency, recall, accuracy, memory.
+- :mod:`gpuknn.benchmark.measure`: build time, throughput, latency, recall, accuracy, memory
+  (``--memory``: what each built engine holds and its build's peak, over the raw vectors).
 - :mod:`gpuknn.benchmark.report`: JSON lines, a Markdown table and PNG plots.
 - :mod:`gpuknn.benchmark.runner`: the command itself.
+- :mod:`gpuknn.benchmark.memory`: memory of the exact search next to faiss, each in a
+  fresh process (fit, load, ``gpuknn serve`` PSS, GPU accounting): ``bench/memory.py``.
 """

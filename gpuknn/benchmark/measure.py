@@ -1,5 +1,6 @@
-"""What the harness measures: build time, throughput, latency, recall, accuracy and peak
-memory, for every engine of a run.
+"""What the harness measures: build time, throughput, latency, recall, accuracy and
+memory (the peak, and with ``--memory`` what the built engine holds), for every engine of
+a run.
 
 Throughput is the number a reader compares, so it is timed with care:
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import gc
 import math
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -37,6 +39,7 @@ MAX_ROUNDS = 200
 SETTLE_SECONDS = 0.02
 # A spread (interquartile range over the median) above this is flagged in the table.
 WIDE_SPREAD = 0.10
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
@@ -63,11 +66,28 @@ def exact_neighbours(X: np.ndarray, Q: np.ndarray, k: int) -> np.ndarray:
 
 
 class PeakMemory:
-    """Peak resident memory of this process while a ``with`` block runs, sampled every
-    5 ms from /proc (so faiss's and hnswlib's C++ allocations count too)."""
+    """Resident memory of this process over a ``with`` block: where it started, its peak
+    (sampled every 5 ms from /proc, so faiss's and hnswlib's C++ allocations count too)
+    and where it ended, which is what the block still holds.
+
+    Parameters
+    ----------
+    collect : bool
+        Collect garbage before reading the memory at exit, so that :attr:`held_bytes`
+        counts what is still referenced, not garbage waiting for the collector.
+
+    Attributes
+    ----------
+    start, peak, end : int
+        Resident bytes on entry, at the highest sample (the exit included) and on exit.
+    """
+
+    def __init__(self, collect: bool = False):
+        self.collect = collect
+        self.start = self.peak = self.end = 0
 
     def __enter__(self) -> PeakMemory:
-        self.start = self.peak = _rss()
+        self.start = self.peak = self.end = resident_bytes()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -75,24 +95,60 @@ class PeakMemory:
 
     def _sample(self) -> None:
         while not self._stop.wait(0.005):
-            self.peak = max(self.peak, _rss())
+            self.peak = max(self.peak, resident_bytes())
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, _rss())
+        self.peak = max(self.peak, resident_bytes())
+        if self.collect:
+            gc.collect()
+        self.end = resident_bytes()
+
+    @property
+    def added_bytes(self) -> int:
+        """Peak over start: the most the block added at any one time."""
+        return self.peak - self.start
+
+    @property
+    def held_bytes(self) -> int:
+        """End over start: what the block added and still holds (may be negative)."""
+        return self.end - self.start
 
     @property
     def added_mib(self) -> float:
-        return (self.peak - self.start) / 2**20
+        return self.added_bytes / 2**20
 
 
-def _rss() -> int:
+def resident_bytes() -> int:
+    """This process's resident set size from /proc/self/statm (0 where there is none)."""
     try:
         pages = int(Path("/proc/self/statm").read_text().split()[1])
     except (OSError, IndexError, ValueError):
         return 0
-    return pages * 4096
+    return pages * _PAGE_BYTES
+
+
+def memory_ratios(memory: PeakMemory, raw_bytes: int) -> dict[str, float]:
+    """What a build held and its peak, in bytes and as ratios to the raw vectors' bytes.
+
+    Parameters
+    ----------
+    memory : PeakMemory
+        The measurement of the build alone (exited).
+    raw_bytes : int
+        ``X.nbytes`` of the base rows (float32: n_base * dim * 4).
+
+    Returns
+    -------
+    dict
+        ``raw_bytes``, ``held_bytes``, ``peak_bytes`` (peak over the start),
+        ``held_ratio`` and ``peak_ratio`` (those over ``raw_bytes``).
+    """
+    raw = max(int(raw_bytes), 1)
+    return {"raw_bytes": int(raw_bytes), "held_bytes": memory.held_bytes,
+            "peak_bytes": memory.added_bytes, "held_ratio": memory.held_bytes / raw,
+            "peak_ratio": memory.added_bytes / raw}
 
 
 def search_all(engine: Engine, Q: np.ndarray, k: int) -> np.ndarray:
@@ -100,20 +156,33 @@ def search_all(engine: Engine, Q: np.ndarray, k: int) -> np.ndarray:
                            for s in range(0, len(Q), THROUGHPUT_BATCH)])
 
 
-def build(engine: Engine, data: Any, k: int, exact: np.ndarray) -> dict[str, Any]:
+def build(engine: Engine, data: Any, k: int, exact: np.ndarray, *,
+          memory: bool = False) -> dict[str, Any]:
     """Build one engine and search every query once: build time, recall, accuracy and the
-    memory it added (the throughput comes later, from :func:`interleaved_throughput`)."""
-    with PeakMemory() as memory:
-        began = time.perf_counter()
-        engine.build(data.X)
-        build_s = time.perf_counter() - began
+    memory it added (the throughput comes later, from :func:`interleaved_throughput`).
+
+    Parameters
+    ----------
+    memory : bool
+        Also report the build's own memory under ``"memory"`` (:func:`memory_ratios`):
+        what the built engine holds once the build is over (garbage collected) and the
+        peak during the build, over ``data.X.nbytes``.
+    """
+    building = PeakMemory(collect=memory)
+    with PeakMemory() as whole:
+        with building:
+            began = time.perf_counter()
+            engine.build(data.X)
+            build_s = time.perf_counter() - began
         if hasattr(engine, "tune"):  # hnswlib: ef to the recall the others reach
             engine.tune(data.Q[:1000], k, exact[:1000], engine.settings.get("target", 0.95),
                         recall_at_k)
         found = search_all(engine, data.Q, k)
     result = {"engine": engine.engine, "index": engine.index, "device": engine.device,
               "settings": dict(engine.settings), "k": k, "build_s": build_s,
-              "recall": recall_at_k(found, exact), "peak_host_mib_added": memory.added_mib}
+              "recall": recall_at_k(found, exact), "peak_host_mib_added": whole.added_mib}
+    if memory:
+        result["memory"] = memory_ratios(building, data.X.nbytes)
     if data.labelled:
         result["accuracy"] = vote_accuracy(found, data.y, data.y_queries)
     return result

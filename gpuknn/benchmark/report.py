@@ -60,17 +60,22 @@ def write(results: list[dict[str, Any]], dataset: dict[str, Any], out: Path) -> 
 
 def markdown(results: list[dict[str, Any]], dataset: dict[str, Any], env: dict) -> str:
     """A table, one row per engine setting: throughput (median and interquartile range over
-    interleaved rounds), gpuknn's throughput over each peer's, recall, accuracy, latency."""
+    interleaved rounds), gpuknn's throughput over each peer's, recall, accuracy, latency,
+    memory, and, when the rows carry ``memory`` (``gpuknn bench --memory``), what the built
+    engine holds and the peak of its build over the raw vectors' bytes."""
     sizes = sorted({int(size) for row in results for size in row["latency"]})
+    memory = any("memory" in row for row in results)
     head = (f"# `gpuknn bench`: {dataset['name']} ({dataset['n_base']:,} x {dataset['dim']}, "
             f"{dataset['n_queries']:,} queries, k={results[0]['k'] if results else '?'})\n\n"
             f"{env['date_utc']}; {env['cpu']}, {env['cores']} cores"
             f"{'; ' + env['gpu']['name'] if env['gpu'] else ''}.\n\n")
     latency_heads = " | ".join(f"p50 / p99 ms, {size:,} {'query' if size == 1 else 'queries'}"
                                for size in sizes)
+    memory_heads = " model ÷ raw | build peak ÷ raw |" if memory else ""
     rows = [f"| engine | index | build s | queries/s (IQR) | gpuknn ÷ this (IQR) | recall@k | "
-            f"accuracy | {latency_heads} | peak host MiB |",
-            "|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(sizes) + "---:|"]
+            f"accuracy | {latency_heads} | peak host MiB |{memory_heads}",
+            "|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(sizes) + "---:|"
+            + "---:|---:|" * memory]
     wide = False
     for row in results:
         throughput, ratio = _throughput_cell(row), _ratio_cell(row)
@@ -80,8 +85,28 @@ def markdown(results: list[dict[str, Any]], dataset: dict[str, Any], env: dict) 
         accuracy = f"{row['accuracy']:.4f}" if "accuracy" in row else ""
         rows.append(f"| {row['engine']} | {row['index']} | {row['build_s']:.2f} | "
                     f"{throughput} | {ratio} | {row['recall']:.4f} | {accuracy} | "
-                    f"{' | '.join(lat)} | {row['peak_host_mib_added']:.0f} |")
-    return head + "\n".join(rows) + _notes(results, wide)
+                    f"{' | '.join(lat)} | {row['peak_host_mib_added']:.0f} |"
+                    f"{_memory_cells(row) if memory else ''}")
+    return head + "\n".join(rows) + _notes(results, wide) + (_MEMORY_NOTE if memory else "")
+
+
+def _memory_cells(row: dict[str, Any]) -> str:
+    """`` held | peak |`` as ratios to the raw vectors (blank for a row without them)."""
+    stats = row.get("memory")
+    if stats is None:
+        return " | |"
+    return f" {stats['held_ratio']:.2f}x | {stats['peak_ratio']:.2f}x |"
+
+
+_MEMORY_NOTE = (
+    "\n`model ÷ raw` is the resident memory the engine added during its build and still "
+    "holds after it (garbage collected, the index alive), over the raw base vectors' bytes "
+    "(`X.nbytes`, float32); `build peak ÷ raw` is the highest resident memory during the "
+    "build over the same bytes, sampled every 5 ms from /proc. The engines are built one "
+    "after the other in one process: the first build of a library also pays for loading "
+    "it (a few MiB of thread pools and code), and memory an earlier build freed and the "
+    "allocator kept can serve a later one, so read these ratios on large data sets; "
+    "`python bench/memory.py` measures each engine in a fresh process.\n")
 
 
 def _throughput_cell(row: dict[str, Any]) -> str:
@@ -112,7 +137,7 @@ def _notes(results: list[dict[str, Any]], wide: bool) -> str:
             "search; accuracy is the majority vote of the k neighbours' labels. Latency is "
             "one call with that many queries (the largest size is capped at the query "
             "set). Peak host memory is the resident memory the engine added while building "
-            "and searching once.\n")
+            "and searching once, in MiB.\n")
     if wide:
         text += (f"\n**(wide)**: the interquartile range is more than "
                  f"{WIDE_SPREAD:.0%} of the median: the machine was busy or its speed drifted "

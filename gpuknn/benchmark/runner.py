@@ -1,9 +1,10 @@
 """``gpuknn bench``: measure gpuknn and its peers on one data set, write the outputs.
 
 Every option is checked before any work. Then every engine is built (build time,
-recall, accuracy, memory), their throughput is timed in interleaved rounds
-(:mod:`gpuknn.benchmark.measure`), and each one's latency per batch size. Each run
-writes a new folder, so a rerun never overwrites earlier results.
+recall, accuracy, memory; with ``--memory`` also what the built engine holds and the
+peak of its build, over the raw vectors' bytes), their throughput is timed in
+interleaved rounds (:mod:`gpuknn.benchmark.measure`), and each one's latency per batch
+size. Each run writes a new folder, so a rerun never overwrites earlier results.
 """
 
 from __future__ import annotations
@@ -58,6 +59,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--latency-budget", type=float, default=2.0,
                         help="seconds per engine and batch size for the latency runs "
                              "(default: 2.0)")
+    parser.add_argument("--memory", action="store_true",
+                        help="add each engine's memory to the table: the resident memory "
+                             "its built index holds and the peak during its build, as "
+                             "ratios to the raw vectors' bytes (default: off)")
     parser.add_argument("--out", default="gpuknn-bench",
                         help="each run writes a new folder OUT/<data set>-<UTC time> with "
                              "results.jsonl, results.md and the plots (default: gpuknn-bench)")
@@ -188,7 +193,8 @@ def _build_all(data, args, index_types, devices, peers, *, exact):
 
     def add(engine):
         bar.set_postfix_str(engine.label)
-        results.append(measure.build(engine, data, args.k, exact))
+        results.append(measure.build(engine, data, args.k, exact,
+                                     memory=getattr(args, "memory", False)))
         built.append(engine)
         bar.update(1)
 

@@ -63,7 +63,7 @@ def sample_part(part: parts_.Part, name: str, content_type: str, hyperparameters
     if sampler.rows_seen == 0:
         return HostSample(part.rank, part.hosts, name, 0, how, None, None,
                           np.empty(0, dtype=np.int64), parts_.listing(part))
-    features, labels, ids = sampler.result()
+    features, labels, ids = sampler.result(take=True)
     return HostSample(part.rank, part.hosts, name, sampler.rows_seen, how, features, labels,
                       ids, parts_.listing(part))
 

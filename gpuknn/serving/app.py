@@ -31,7 +31,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gpuknn import _version
+from gpuknn import _backend, _version
 from gpuknn.errors import ClientError, PayloadTooLargeError, RequestTimeoutError
 from gpuknn.model import KNNModel
 from gpuknn.serving import formats
@@ -113,6 +113,7 @@ class _State:
                 self.on_load_failure(f"could not load the model: {err}")
             return
         self.model, self.batcher = model, batcher
+        _backend.release_free_memory()  # the load's and warm-up's temporaries
         log.info("ready: %r", model)
 
 

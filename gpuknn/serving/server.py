@@ -122,6 +122,7 @@ def _serve_workers(settings: ServeSettings, workers: int, options: dict[str, Any
     except ClientError as err:
         log.error("gpuknn serve stopped: could not load the model: %s", err)
         return 1
+    _backend.release_free_memory()  # the supervisor holds no model: give its reads back
     settings = dataclasses.replace(settings, load_in_background=False)
     handle, failure_file = tempfile.mkstemp(prefix="gpuknn-serve-", suffix=".failure")
     os.close(handle)
