@@ -498,7 +498,9 @@ def _tiles(search: Any, queries: np.ndarray, k: int, part: str) -> None:
 
     chunk = exact.QUERY_CHUNK
     width = search._block_width(chunk)
-    folded = (np.ascontiguousarray(np.vstack([search._scaled.T, search._sq_norms[None, :]]))
+    norms = search.base.sq_norms
+    folded = (np.ascontiguousarray(np.vstack([search.base.scaled(slice(None)).T,
+                                              norms[None, :]]))
               if part == "folded" else None)
 
     def run(start: int) -> None:
@@ -512,16 +514,16 @@ def _tiles(search: Any, queries: np.ndarray, k: int, part: str) -> None:
             if folded is not None:
                 np.matmul(q, folded[:, begin:end], out=out)
                 continue
-            np.matmul(q, search._scaled[begin:end].T, out=out)
+            np.matmul(q, search.base.scaled(slice(begin, end)).T, out=out)
             if part == "norms":
-                out += search._sq_norms[begin:end]
+                out += norms[begin:end]
             elif part == "minima":
-                out += search._sq_norms[begin:end]
+                out += norms[begin:end]
                 group = topk._group_size(end - begin, k)
                 n_groups = (end - begin) // group
                 out[:, :group * n_groups].reshape(len(q), group, n_groups).min(axis=1)
             elif part == "select":
-                out += search._sq_norms[begin:end]
+                out += norms[begin:end]
                 topk.select_k(out, k)
 
     with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(_backend.usable_cores()) as pool:
