@@ -41,6 +41,10 @@ TILE_VARIABLE = "GPUKNN_TILE_MB"
 GPU_QUERY_CHUNK = 8192
 # Queries per pass of a cluster-pruned search (bounds its candidate lists).
 PARTITION_CHUNK = 4096
+# Query chunks that share each base block's scaled rows (one pass of the base for them).
+GROUP_CHUNKS = 8
+# The largest block of scaled base rows a tile makes on the CPU (see block_width).
+SCRATCH_BYTES = 8 << 20
 # Tiles whose candidate lists are held before they are merged into one (a large base
 # would otherwise hold n / width lists per query chunk: 0.5 GB on a GPU for 10M rows).
 MERGE_TILES = 32
@@ -200,62 +204,67 @@ class ExactSearch:
         center = self._base.center
         ranked = queries - center if center is not None else queries
 
-        def run(chunk: slice) -> None:
-            candidates = self._candidates(queries[chunk], ranked[chunk], k)
-            distances[chunk], positions[chunk] = self._finalize(
-                queries[chunk], ranked[chunk], *candidates, k)
+        def run(group: list[slice]) -> None:
+            if self._partition is not None:
+                found = [self._pruned_candidates(queries[group[0]], ranked[group[0]], k)]
+            else:
+                found = self._tile_candidates([ranked[chunk] for chunk in group], k)
+            for chunk, (values, columns) in zip(group, found, strict=True):
+                distances[chunk], positions[chunk] = self._finalize(
+                    queries[chunk], ranked[chunk], values, columns, k)
 
         if self._partition is not None:
             # Pruned search is many small numpy calls under the GIL: one thread, and small
             # single-threaded GEMMs (waking BLAS threads for each would cost more).
             with _single_threaded_blas():
                 for chunk in chunks:
-                    run(chunk)
+                    run([chunk])
             return distances, positions
         workers = usable_cores() if xp is np else 1
-        if workers < 2 or len(chunks) < 2:
-            for chunk in chunks:
-                run(chunk)
+        # A group of chunks shares each base block's scaled rows (made once per group).
+        size = max(1, min(GROUP_CHUNKS, -(-len(chunks) // workers)))
+        groups = [chunks[start:start + size] for start in range(0, len(chunks), size)]
+        if workers < 2 or len(groups) < 2:
+            for group in groups:
+                run(group)
             return distances, positions
-        # The top-k half of the work is single-threaded numpy: run one chunk per core,
+        # The top-k half of the work is single-threaded numpy: run one group per core,
         # each with a single-threaded BLAS, instead of one chunk on a multi-threaded BLAS.
-        with _single_threaded_blas(), ThreadPoolExecutor(workers) as pool:
-            list(pool.map(run, chunks))
+        with _single_threaded_blas(), ThreadPoolExecutor(min(workers, len(groups))) as pool:
+            list(pool.map(run, groups))
         return distances, positions
 
     def _block_width(self, n_rows: int) -> int:
-        width = self.tile_bytes // (4 * max(n_rows, 1))
-        return int(max(width, 1024))
+        return block_width(n_rows, self.dim, self.tile_bytes)
 
-    def _candidates(self, queries: Any, ranked: Any, k: int) -> tuple[Any, Any]:
-        """Per-tile top candidates of the surrogate scores, merged into one list (the
-        partition's k winners instead, when it searches)."""
-        if self._partition is not None:
-            return self._partition.candidates(
-                ranked, k, self._base,
-                lambda which, rows: self._pair_scores(queries, which, rows))
-        queries = ranked
+    def _pruned_candidates(self, queries: Any, ranked: Any, k: int) -> tuple[Any, Any]:
+        """The partition's k winners, scored by :meth:`_pair_scores`."""
+        return self._partition.candidates(
+            ranked, k, self._base, lambda which, rows: self._pair_scores(queries, which, rows))
+
+    def _tile_candidates(self, chunks: list[Any], k: int) -> list[tuple[Any, Any]]:
+        """Per-tile top candidates of the surrogate scores of each chunk of (centred)
+        queries, merged into one list per chunk; each base block is scaled once for all."""
         xp = self.xp
-        width = self._block_width(queries.shape[0])
+        width = self._block_width(max(chunk.shape[0] for chunk in chunks))
         keep = candidates_for(k)
-        values, columns = [], []
-        buffer = None
+        found = [([], []) for _ in chunks]
+        buffer = xp.empty(max(chunk.shape[0] for chunk in chunks) * width, dtype=xp.float32)
         for begin in range(0, self.ntotal, width):
             end = min(begin + width, self.ntotal)
-            shape = (queries.shape[0], end - begin)
-            if buffer is None or buffer.shape != shape:
-                buffer = xp.empty(shape, dtype=xp.float32)
-            scaled = self._base.scaled(slice(begin, end))
-            scores = xp.matmul(queries, scaled.T, out=buffer)
+            scaled = self._base.scaled(slice(begin, end)).T
             norms = None if self._base.sq_norms is None else self._base.sq_norms[begin:end]
-            tile_values, tile_columns = select_k(scores, min(keep, end - begin), xp=xp,
-                                                 column_offsets=norms)
-            values.append(tile_values)
-            columns.append(tile_columns + begin)
-            if len(values) > MERGE_TILES:  # bounds the lists of a large base: merged early
-                merged = _merged(values, columns, keep, xp)
-                values, columns = [merged[0]], [merged[1]]
-        return _merged(values, columns, keep, xp)
+            for chunk, (values, columns) in zip(chunks, found, strict=True):
+                out = buffer[:chunk.shape[0] * (end - begin)].reshape(chunk.shape[0], -1)
+                scores = xp.matmul(chunk, scaled, out=out)
+                tile_values, tile_columns = select_k(scores, min(keep, end - begin), xp=xp,
+                                                     column_offsets=norms)
+                values.append(tile_values)
+                columns.append(tile_columns + begin)
+                if len(values) > MERGE_TILES:  # bounds the lists of a large base
+                    merged = _merged(values, columns, keep, xp)
+                    values[:], columns[:] = [merged[0]], [merged[1]]
+        return [_merged(values, columns, keep, xp) for values, columns in found]
 
     def _finalize(self, queries: Any, ranked: Any, values: Any, columns: Any,
                   k: int) -> tuple[Any, Any]:
@@ -305,6 +314,15 @@ class ExactSearch:
         return self._pair_scores(queries, which, columns.reshape(-1)).reshape(n_rows, k)
 
 
+def block_width(n_rows: int, dim: int, tile_bytes: int) -> int:
+    """Base rows per tile for ``n_rows`` queries: a score tile of ``tile_bytes``, and a
+    block of scaled base rows of at most ``max(SCRATCH_BYTES, tile_bytes / 16)`` (so a
+    one-row search does not scale the whole base at once); at least 1,024 rows."""
+    width = tile_bytes // (4 * max(n_rows, 1))
+    scratch = max(SCRATCH_BYTES, tile_bytes // 16) // (4 * max(dim, 1))
+    return int(max(min(width, scratch), 1024))
+
+
 def device_bytes(n_base: int, dim: int, *, k: int = 10, tile_bytes: int = GPU_TILE_BYTES,
                  query_chunk: int = GPU_QUERY_CHUNK) -> int:
     """Device memory an L2 :class:`ExactSearch` of an (n_base, dim) float32 base holds on a
@@ -330,7 +348,7 @@ def device_bytes(n_base: int, dim: int, *, k: int = 10, tile_bytes: int = GPU_TI
     int
         Bytes.
     """
-    width = max(tile_bytes // (4 * query_chunk), 1024)
+    width = block_width(query_chunk, dim, tile_bytes)
     tiles = min(-(-n_base // width), MERGE_TILES + 1)
     candidates = 2 * tiles * query_chunk * candidates_for(k) * (4 + 8)  # lists, merged
     return (4 * n_base * dim + 4 * n_base + tile_bytes + 4 * width * dim
