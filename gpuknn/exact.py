@@ -82,7 +82,7 @@ class ExactSearch:
         Upper bound on the memory of one score tile; default ``$GPUKNN_TILE_MB`` if set,
         else 16 MiB on the CPU (stays in cache) and 1 GiB on a GPU. Besides the tile, a
         search holds the base once, its norms (4 bytes a row) and one block of scaled
-        base rows (:func:`device_bytes`): a 10M x 128 base takes 5.2 GB on a GPU.
+        base rows (:func:`device_bytes`): a 10M x 128 base takes 6.4 GB on a GPU.
     partition : {"auto", "never", "always"} or ClusterPartition
         Cluster pruning (:mod:`gpuknn.partition`, L2 on the CPU with faiss installed):
         ``"auto"`` builds it for large bases and keeps it only where it pays off on the
@@ -124,8 +124,16 @@ class ExactSearch:
 
     def _use_stored(self, partition: partition_module.ClusterPartition, vectors: Any,
                     stored: dict[str, np.ndarray] | None, *, in_place: bool) -> bool:
-        """Search through a stored partition; False where it cannot be used (a search that
-        takes none, or one made for another centre of the base: built again then)."""
+        """Search through a stored partition; False where it was made for another centre
+        of a base in sample order (it is built again then).
+
+        Raises
+        ------
+        ValueError
+            For a search that takes no partition (inner products, a GPU), or stored
+            arrays whose centre is not the partition's (the rows are in its order then,
+            so it cannot be built again).
+        """
         if self.metric != "L2" or self.xp is not np:
             raise ValueError("a cluster partition is for L2 search on the CPU")
         ordered = stored is not None  # a model file's: stored in the partition's order
@@ -133,6 +141,9 @@ class ExactSearch:
                           order=partition.order if ordered else None)
         if partition.center is not None and not np.array_equal(partition.center,
                                                                base.center):
+            if ordered:
+                raise ValueError("the stored cluster partition and norms disagree on the "
+                                 "base's centre")
             log.warning("the stored cluster partition was made for another centre of the "
                         "base: building it again")
             return False

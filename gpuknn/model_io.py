@@ -904,7 +904,10 @@ def _exact_search(files: dict[str, Any], meta: dict[str, Any], hp, device: str,
         xp = _backend.array_module(device)
         return ExactSearch(_backend.to_device(vectors, xp), hp.index_metric, xp=xp,
                            partition="never", stored=stored)
-    return ExactSearch(vectors, hp.index_metric, partition=partition, stored=stored)
+    try:
+        return ExactSearch(vectors, hp.index_metric, partition=partition, stored=stored)
+    except ValueError as err:  # stored arrays that contradict each other
+        raise ModelFileError(f"{origin / PARTITION}: {err}") from None
 
 
 def _in_sample_order(vectors: np.ndarray, order: np.ndarray) -> np.ndarray:

@@ -1036,3 +1036,17 @@ def test_processes_racing_to_unpack_one_archive_share_one_copy(tmp_path, small_m
     assert [run.returncode for run in runs] == [0, 0, 0]
     assert outputs == [str(small_model.n_indexed)] * 3
     assert len(list((tmp_path / CACHE).iterdir())) == 1, "one copy, no temporary left"
+
+
+def test_a_partition_whose_centre_contradicts_the_norms_is_refused(tmp_path, pruned_model):
+    """Format 3 stores the rows in the partition's order: a partition made for another
+    centre cannot be built again from them, so the model is refused, naming the file."""
+    path = pruned_model.save(tmp_path / "model")
+    stored = dict(np.load(path / PARTITION))
+    stored["center"] = stored["center"] + 1
+    buffer = io.BytesIO()
+    np.savez(buffer, **stored)
+    replace_file_consistently(path, PARTITION, buffer.getvalue())
+    with pytest.raises(ModelFileError, match="disagree on the base's centre") as info:
+        load(path)
+    assert f"{path / PARTITION}:" in str(info.value)

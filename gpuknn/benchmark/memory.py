@@ -51,12 +51,16 @@ FULL_ROWS = {"sift-like": 1_000_000, "covtype-like": 500_000}
 QUICK_ROWS = {"sift-like": 100_000, "covtype-like": 100_000}
 SIFT_CLASSES = 10
 K = 10
-# Rows of the warm-up build that loads an engine's libraries before the baseline.
-WARM_ROWS = 20_000
+# Rows of the warm-up build that loads an engine's libraries before the baseline: above
+# gpuknn.partition.MIN_ROWS, so that k-means and its thread pools are warm too.
+WARM_ROWS = 60_000
 LOAD_ROUNDS = 5
 # A "16 GB" card, in bytes (nominal; CUDA reports a little less or more per model).
 CARD_BYTES = 16 * 10**9
 SERVE_WORKERS = (1, 2)
+# The server goal is the issue's for a 1M x 128 model; on a small base each worker's own
+# interpreter and libraries (about 60 MiB) weigh more, so the other set only informs.
+PSS_GOAL_DATASET = "sift-like"
 # Targets of the issue, each a ratio that must not be exceeded.
 GOALS = {"held": 1.15, "peak": 2.0, "load": 1.5, "pss": 1.2}
 # gpuknn's largest n by device_bytes within this share of the base-once accounting's.
@@ -793,7 +797,10 @@ def goal_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
         load = data.get("load")
         rows.append(_goal("load", data["name"], load and load["ratio"]["median"]))
         serve = data.get("serve")
-        rows.append(_goal("pss", data["name"], serve and serve.get("pss_ratio")))
+        row = _goal("pss", data["name"], serve and serve.get("pss_ratio"))
+        if data["name"] != PSS_GOAL_DATASET and row["met"] is not None:
+            row["met"] = "info"  # the issue sets this goal for the 1M x 128 model only
+        rows.append(row)
     gpu = results.get("gpu")
     if gpu:
         measured = gpu["source"] == "gpuknn.exact.device_bytes"
@@ -850,7 +857,8 @@ def _goals_table(goals: list[dict[str, Any]]) -> str:
     lines = ["| goal | data set | target | gpuknn | faiss / old layout | met |",
              "|---|---|---:|---:|---:|---|"]
     for row in goals:
-        met = {True: "met", False: "**not met**", None: "not measured"}[row["met"]]
+        met = {True: "met", False: "**not met**", None: "not measured",
+               "info": f"(goal set for {PSS_GOAL_DATASET} only)"}[row["met"]]
         lines.append(f"| {_GOAL_NAMES[row['goal']]} | {row['dataset']} | {row['target']} | "
                      f"{_value(row['measured'])} | {_value(row['peer'])} | {met} |")
     return "\n".join(lines)
