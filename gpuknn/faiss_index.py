@@ -251,14 +251,6 @@ def _gpu_usable(faiss: ModuleType, nprobe: int) -> bool:
     return True
 
 
-def flat_index_bytes(vectors: np.ndarray, metric: str) -> bytes:
-    """faiss's file form of an ``IndexFlat`` holding ``vectors``."""
-    faiss = require_faiss()
-    index = faiss.IndexFlat(vectors.shape[1], faiss_metric(metric))
-    index.add(np.ascontiguousarray(vectors, dtype=np.float32))
-    return faiss.serialize_index(index).tobytes()
-
-
 def index_bytes(index: Any) -> bytes:
     """faiss's file form of any CPU index."""
     return require_faiss().serialize_index(index).tobytes()
@@ -284,14 +276,6 @@ def map_index_file(path: str) -> Any:
         return faiss.read_index(path, faiss.IO_FLAG_MMAP)
     except RuntimeError as err:
         raise ModelFileError(f"{path}: not a readable faiss index ({first_line(err)})") from None
-
-
-def flat_vectors(index: Any) -> np.ndarray:
-    """The vectors stored in a faiss ``IndexFlat``, as an (ntotal, d) float32 copy."""
-    faiss = require_faiss()
-    flat = faiss.downcast_index(index)
-    codes = faiss.vector_to_array(flat.codes)
-    return codes.view(np.float32).reshape(flat.ntotal, flat.d).copy()
 
 
 def index_kind(index: Any) -> str:

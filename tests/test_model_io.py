@@ -1050,3 +1050,18 @@ def test_a_partition_whose_centre_contradicts_the_norms_is_refused(tmp_path, pru
     with pytest.raises(ModelFileError, match="disagree on the base's centre") as info:
         load(path)
     assert f"{path / PARTITION}:" in str(info.value)
+
+
+@pytest.mark.parametrize("metric", ["L2", "INNER_PRODUCT", "COSINE"])
+def test_the_flat_index_file_is_the_one_faiss_writes(tmp_path, train, metric):
+    """gpuknn writes a flat index itself (from a view of the vectors, no copy): the bytes
+    are faiss's own ``serialize_index`` of the same vectors, and faiss reads them back."""
+    import faiss
+
+    model = fit(*train, index_metric=metric)
+    path = model.save(tmp_path / "model")
+    reference = faiss.IndexFlat(model.index.dim, faiss.METRIC_L2 if metric == "L2"
+                                else faiss.METRIC_INNER_PRODUCT)
+    reference.add(np.ascontiguousarray(model.index.vectors))
+    assert (path / INDEX).read_bytes() == faiss.serialize_index(reference).tobytes()
+    assert faiss.read_index(str(path / INDEX)).ntotal == model.n_indexed
