@@ -894,6 +894,11 @@ def _exact_search(files: dict[str, Any], meta: dict[str, Any], hp, device: str,
     vectors = flat_vectors(files[INDEX], str(origin / INDEX))
     partition = _stored_partition(files, meta, origin)
     stored = _stored_base(files, meta, origin)
+    if isinstance(partition, ClusterPartition) and stored is not None and \
+            not np.array_equal(partition.center, stored["center"]):
+        # the rows are stored in the partition's order: it cannot be built again
+        raise ModelFileError(f"{origin / PARTITION}: the stored cluster partition and norms "
+                             "disagree on the base's centre")
     if not build:
         return None
     if device == "gpu":  # exact search on a GPU is brute force, over rows in sample order
@@ -904,10 +909,7 @@ def _exact_search(files: dict[str, Any], meta: dict[str, Any], hp, device: str,
         xp = _backend.array_module(device)
         return ExactSearch(_backend.to_device(vectors, xp), hp.index_metric, xp=xp,
                            partition="never", stored=stored)
-    try:
-        return ExactSearch(vectors, hp.index_metric, partition=partition, stored=stored)
-    except ValueError as err:  # stored arrays that contradict each other
-        raise ModelFileError(f"{origin / PARTITION}: {err}") from None
+    return ExactSearch(vectors, hp.index_metric, partition=partition, stored=stored)
 
 
 def _in_sample_order(vectors: np.ndarray, order: np.ndarray) -> np.ndarray:
