@@ -324,3 +324,22 @@ def test_huge_sample_size_allocates_only_what_is_kept(rng):
     np.testing.assert_array_equal(ids, np.arange(100))
     np.testing.assert_array_equal(features, X)
     np.testing.assert_array_equal(labels, y)
+
+
+@pytest.mark.parametrize("size", [50, 1500, 5000])
+def test_taking_the_sample_gives_the_copy_s_answer_without_a_copy(data, size):
+    """result(take=True) hands the buffer itself over, trimmed and in stream order: the
+    same rows, labels and ids as result(), and the sampler takes no more rows."""
+    X, y = data
+    samplers = [ReservoirSampler(size, seed=3), ReservoirSampler(size, seed=3)]
+    for sampler in samplers:
+        for start in range(0, len(X), 700):
+            sampler.add(X[start:start + 700], y[start:start + 700])
+    buffer = samplers[1]._features
+    copied, taken = samplers[0].result(), samplers[1].result(take=True)
+    for want, got in zip(copied, taken, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert taken[0] is buffer  # the sampler's own array, resized in place, not a copy
+    assert (np.diff(taken[2]) > 0).all()
+    with pytest.raises(RuntimeError, match="the sample was taken"):
+        samplers[1].add(X[:10], y[:10])
