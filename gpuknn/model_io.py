@@ -414,8 +414,9 @@ def cache_roots(archive: Path, cache_dir: str | Path | None = None) -> list[Path
 def unpacked(archive: str | Path, cache_dir: str | Path | None = None) -> Path | None:
     """The directory holding ``archive``'s model files, unpacked the first time.
 
-    The copy is named by the archive's name, device, inode, size and modification time,
-    so a replaced archive is unpacked again (and the older copies beside it removed).
+    The copy is named by the archive's name and path, and its device, inode, size and
+    modification time: a replaced archive is unpacked again, and the copies of its older
+    versions are removed (copies of other archives in a shared cache are left alone).
     Members are checked as :func:`load` checks them, written under a temporary name and
     renamed into place whole: a copy that exists is complete, and processes that race
     to unpack one archive end up with the same directory.
@@ -440,7 +441,9 @@ def unpacked(archive: str | Path, cache_dir: str | Path | None = None) -> Path |
     """
     archive = Path(archive)
     stat = archive.stat()
-    name = f"{archive.name}.{stat.st_dev:x}-{stat.st_ino:x}-{stat.st_size:x}-{stat.st_mtime_ns:x}"
+    place = hashlib.sha256(str(archive.resolve()).encode()).hexdigest()[:12]
+    prefix = f"{archive.name}.{place}."
+    name = f"{prefix}{stat.st_dev:x}-{stat.st_ino:x}-{stat.st_size:x}-{stat.st_mtime_ns:x}"
     for root in cache_roots(archive, cache_dir):
         if (root / name / METADATA).is_file():
             return root / name
@@ -449,7 +452,7 @@ def unpacked(archive: str | Path, cache_dir: str | Path | None = None) -> Path |
         except (OSError, _CacheWriteError) as err:
             logger.info("%s: cannot unpack into %s (%s)", archive, root, first_line(err))
             continue
-        _remove_older_copies(root, archive.name, name)
+        _remove_older_copies(root, prefix, name)
         return root / name
     logger.info("%s: no writable cache directory: reading the archive into memory", archive)
     return None
@@ -478,8 +481,9 @@ def _unpack_into(archive: Path, root: Path, name: str) -> None:
         raise
 
 
-def _remove_older_copies(root: Path, archive_name: str, keep: str) -> None:
-    for entry in root.glob(f"{glob.escape(archive_name)}.*"):
+def _remove_older_copies(root: Path, prefix: str, keep: str) -> None:
+    """Remove the copies of this archive's earlier versions (the same path's)."""
+    for entry in root.glob(f"{glob.escape(prefix)}*"):
         if entry.name != keep and entry.is_dir():
             shutil.rmtree(entry, ignore_errors=True)
 

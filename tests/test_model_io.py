@@ -1065,3 +1065,18 @@ def test_the_flat_index_file_is_the_one_faiss_writes(tmp_path, train, metric):
     reference.add(np.ascontiguousarray(model.index.vectors))
     assert (path / INDEX).read_bytes() == faiss.serialize_index(reference).tobytes()
     assert faiss.read_index(str(path / INDEX)).ntotal == model.n_indexed
+
+
+def test_a_shared_cache_keeps_the_copies_of_other_archives(tmp_path, small_model, train):
+    """Two archives of one name in a shared cache directory keep a copy each; replacing
+    one archive removes only its own older copy."""
+    cache = tmp_path / "cache"
+    first = small_model.save(tmp_path / "a" / "model.tar.gz")
+    second = fit(*train, predictor_type="regressor").save(tmp_path / "b" / "model.tar.gz")
+    for path in (first, second):
+        KNNModel.load(path, device="cpu", cache_dir=cache)
+    assert len(list(cache.iterdir())) == 2
+    small_model.save(first)  # a new version of the first archive
+    KNNModel.load(first, device="cpu", cache_dir=cache)
+    assert len(list(cache.iterdir())) == 2
+    assert KNNModel.load(second, device="cpu", cache_dir=cache).predictor_type == "regressor"
