@@ -79,18 +79,6 @@ class ClusterPartition:
 
     def __init__(self, order: np.ndarray, sizes: np.ndarray, centroids: np.ndarray,
                  radii: np.ndarray):
-        self._set(order, sizes, centroids, radii)
-
-    @classmethod
-    def of_labels(cls, labels: np.ndarray, centroids: np.ndarray,
-                  radii: np.ndarray) -> ClusterPartition:
-        """The partition of a base whose row ``i`` lies in cluster ``labels[i]``."""
-        return cls(np.argsort(labels, kind="stable").astype(np.int64),
-                   np.bincount(labels, minlength=len(centroids)).astype(np.int64),
-                   centroids, radii)
-
-    def _set(self, order: np.ndarray, sizes: np.ndarray, centroids: np.ndarray,
-             radii: np.ndarray) -> None:
         # int32 positions where they fit: 4 bytes a row less beside the base
         self.order = order.astype(np.int32 if len(order) < 2**31 else np.int64, copy=False)
         self.sizes = sizes
@@ -99,6 +87,14 @@ class ClusterPartition:
         self._centroid_sq = (self.centroids**2).sum(axis=1)
         self.radii = radii.astype(np.float64)
         self.center: np.ndarray | None = None  # set when read back: the base's centre then
+
+    @classmethod
+    def of_labels(cls, labels: np.ndarray, centroids: np.ndarray,
+                  radii: np.ndarray) -> ClusterPartition:
+        """The partition of a base whose row ``i`` lies in cluster ``labels[i]``."""
+        return cls(np.argsort(labels, kind="stable").astype(np.int64),
+                   np.bincount(labels, minlength=len(centroids)).astype(np.int64),
+                   centroids, radii)
 
     def to_arrays(self, center: np.ndarray) -> dict[str, np.ndarray]:
         """The partition as arrays to store, with the ``center`` its base was centred on."""

@@ -17,12 +17,14 @@ These are stored in a model file (:meth:`SearchBase.to_arrays`), so that loading
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
 from gpuknn._permute import permute_rows
+from gpuknn.metrics import squared_norms
 from gpuknn.rounding import RoundingBound
 
 # Rows per pass of the one-time passes over the base (norms, bound): their temporaries
@@ -68,8 +70,9 @@ class SearchBase:
         # Centring on the (whole-number) mean keeps |x|^2 small, so the float32 surrogate
         # loses less to cancellation; integer data stays exact, and its ties stay ties.
         self.center = xp.round(vectors.mean(axis=0)) if metric == "L2" else None
-        self.sq_norms = self._norms() if metric == "L2" else None
-        self.bound = self._bound()
+        self.sq_norms = xp.empty(self.shape[0], dtype=xp.float32) if metric == "L2" else None
+        self.bound = RoundingBound.of_blocks(self._centred_blocks(), metric, self.shape[1],
+                                             xp=xp)
 
     def in_order(self, order: np.ndarray, *, in_place: bool = False) -> SearchBase:
         """This base with its rows stored in ``order`` (``vectors[i]`` is row ``order[i]``).
@@ -122,18 +125,14 @@ class SearchBase:
         values = self.vectors[rows].astype(self.xp.float64)
         return values if self.center is None else values - self.center.astype(self.xp.float64)
 
-    def _norms(self) -> Any:
-        xp = self.xp
-        norms = xp.empty(self.shape[0], dtype=xp.float32)
+    def _centred_blocks(self) -> Iterator[Any]:
+        """The centred base a block at a time, filling ``sq_norms`` on the way: one pass
+        over the base gives the norms and the rounding bound."""
         for start in range(0, self.shape[0], BLOCK_ROWS):
             block = self.centred(slice(start, start + BLOCK_ROWS))
-            norms[start:start + len(block)] = (block * block).sum(axis=1)
-        return norms
-
-    def _bound(self) -> RoundingBound:
-        blocks = (self.centred(slice(start, start + BLOCK_ROWS))
-                  for start in range(0, self.shape[0], BLOCK_ROWS))
-        return RoundingBound.of_blocks(blocks, self.metric, self.shape[1], xp=self.xp)
+            if self.sq_norms is not None:
+                self.sq_norms[start:start + len(block)] = squared_norms(block, xp=self.xp)
+            yield block
 
     # -- storing --------------------------------------------------------------------------
     def to_arrays(self) -> dict[str, np.ndarray]:
