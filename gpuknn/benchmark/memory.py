@@ -203,7 +203,7 @@ def fit_memory(dataset: str, n: int, *, engine: str = "gpuknn", index: str = "fa
     -------
     dict
         ``raw_bytes`` (``X.nbytes``), ``held_bytes``, ``held_trimmed_bytes`` (after
-        ``malloc_trim``), ``peak_bytes`` (the larger of ``peak_hwm_bytes`` and
+        ``malloc_trim``), ``peak_bytes`` (the largest of ``peak_hwm_bytes``, ``held_bytes`` and
         ``peak_sampled_bytes``), each also as ``*_ratio`` over ``raw_bytes``;
         ``baseline_rss_bytes``, ``build_s``, ``settings`` and, for gpuknn, ``arrays``
         (the model's largest arrays, :func:`model_arrays`).
@@ -243,12 +243,15 @@ def _fit_in_child(*, dataset: str, n: int, engine: str, index: str,
 def _fit_result(X: np.ndarray, before: int, after: dict[str, int], *, trimmed: int,
                 sampled: Any, hwm_reset: bool) -> dict[str, Any]:
     """The byte counts of a fit and their ratios to ``X.nbytes``."""
+    held = after["VmRSS"] - before
     peak_hwm = after["VmHWM"] - before if hwm_reset else None
-    peak_sampled = sampled.peak - sampled.start
+    peak_sampled = sampled.peak - before
+    # What the fit still holds at the end was resident during it: the peak is never below
+    # it, even where a 5 ms sampler missed the last page the garbage collector touched.
     counts = {"raw_bytes": int(X.nbytes), "baseline_rss_bytes": before,
-              "held_bytes": after["VmRSS"] - before, "held_trimmed_bytes": trimmed - before,
+              "held_bytes": held, "held_trimmed_bytes": trimmed - before,
               "peak_hwm_bytes": peak_hwm, "peak_sampled_bytes": peak_sampled,
-              "peak_bytes": max(peak_sampled, peak_hwm or 0)}
+              "peak_bytes": max(peak_sampled, peak_hwm or 0, held)}
     ratios = {key.replace("_bytes", "_ratio"): value / X.nbytes
               for key, value in counts.items()
               if value is not None and key not in ("raw_bytes", "baseline_rss_bytes")}
