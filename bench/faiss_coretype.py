@@ -31,7 +31,7 @@ if CORETYPE:
 from threadpoolctl import threadpool_info  # noqa: E402 - after the environment is set
 
 from gpuknn import KNN  # noqa: E402
-from gpuknn.faiss_index import require_faiss  # noqa: E402
+from gpuknn.search.faiss_index import require_faiss  # noqa: E402
 
 N_BASE, DIM, N_QUERIES, K, REPEATS = 100_000, 128, 2_000, 10, 4
 RESULTS = Path(__file__).parent / "results" / "faiss_coretype.md"

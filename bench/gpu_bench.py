@@ -44,10 +44,10 @@ import numpy as np
 import train_covtype  # bench/train_covtype.py, beside this script
 
 from gpuknn import KNNModel, _backend, kernels
-from gpuknn.exact import ExactSearch
-from gpuknn.faiss_gpu import faiss_has_gpu
-from gpuknn.faiss_index import require_faiss
-from gpuknn.reduction import FJLT
+from gpuknn.model.reduction import FJLT
+from gpuknn.search.exact import ExactSearch
+from gpuknn.search.faiss_gpu import faiss_has_gpu
+from gpuknn.search.faiss_index import require_faiss
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 TARGETS = {"search_x_floor": 2.0, "search_gpu_over_cpu": 50.0, "fjlt_bandwidth_share": 0.5,

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 from sklearn.random_projection import GaussianRandomProjection
 
-from gpuknn import predict
-from gpuknn.exact import ExactSearch
-from gpuknn.reduction import FJLT, SignProjection
+from gpuknn.model import predict
+from gpuknn.model.reduction import FJLT, SignProjection
 from gpuknn.sampling import ReservoirSampler
-from gpuknn.topk import select_k
+from gpuknn.search.exact import ExactSearch
+from gpuknn.search.topk import select_k
 
 SEED = 20240601
 # Keep every benchmark short: the whole file runs in well under 30 s when enabled.

@@ -439,12 +439,13 @@ def scoring_breakdown(data: dict[str, Any], sample_size: int, n_queries: int,
                       k: int = 10, repeats: int = 3) -> dict[str, Any]:
     """Time gpuknn's exact search and its parts on the first test rows, in this process.
 
-    Same structure as :class:`gpuknn.exact.ExactSearch` on a CPU: 256-query chunks, one
+    Same structure as :class:`gpuknn.search.exact.ExactSearch` on a CPU: 256-query chunks, one
     per core, single-threaded BLAS, 16 MB score tiles. Each variant is timed
     ``repeats`` times in interleaved rounds (best kept) and scaled to the whole test
     channel.
     """
-    from gpuknn import _backend, exact
+    from gpuknn import _backend
+    from gpuknn.search import exact
 
     n_train = data["n_train"]
     X = data["X"]
@@ -494,7 +495,8 @@ def _tiles(search: Any, queries: np.ndarray, k: int, part: str) -> None:
 
     from threadpoolctl import threadpool_limits
 
-    from gpuknn import _backend, exact, topk
+    from gpuknn import _backend
+    from gpuknn.search import exact, topk
 
     chunk = exact.QUERY_CHUNK
     width = search._block_width(chunk)
@@ -561,9 +563,9 @@ PROBE = r"""
 import json, os
 import numpy, scipy, threadpoolctl
 from gpuknn import _backend
-from gpuknn.faiss_index import require_faiss
+from gpuknn.search.faiss_index import require_faiss
 faiss = require_faiss()
-from gpuknn.exact import ExactSearch
+from gpuknn.search.exact import ExactSearch
 ExactSearch(numpy.ones((4, 2), dtype=numpy.float32), "L2").search(
     numpy.ones((1, 2), dtype=numpy.float32), 1)
 import gpuknn

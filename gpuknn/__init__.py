@@ -17,7 +17,7 @@ from gpuknn._version import __version__
 
 _PUBLIC = {
     "KNN": "gpuknn.estimator",
-    "KNNModel": "gpuknn.model",
+    "KNNModel": "gpuknn.model.knn_model",
     "Hyperparameters": "gpuknn.hyperparameters",
     "record_set": "gpuknn.io",
     "ClientError": "gpuknn.errors",

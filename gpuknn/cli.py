@@ -344,7 +344,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _transform(args: argparse.Namespace) -> None:
     from pathlib import Path  # noqa: PLC0415
 
-    from gpuknn.model import KNNModel  # noqa: PLC0415 - keep start-up light
+    from gpuknn.model.knn_model import KNNModel  # noqa: PLC0415 - keep start-up light
     from gpuknn.serving import transform  # noqa: PLC0415 - keep start-up light
     from gpuknn.serving.app import default_max_payload_mb  # noqa: PLC0415
 

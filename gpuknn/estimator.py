@@ -17,13 +17,11 @@ import numpy as np
 import scipy.sparse as sp
 
 from gpuknn import _backend, io
-from gpuknn.errors import DataError, HyperparameterError, NotFittedError
-from gpuknn.exact import ExactSearch
-from gpuknn.faiss_index import IVFSearch
-from gpuknn.hyperparameters import Hyperparameters, auto_nlists, default_pq_m, parse
-from gpuknn.io.text import label_column_hint
-from gpuknn.model import KNNModel, Preparation, check_k
-from gpuknn.reduction import fit_reduction
+from gpuknn.errors import DataError, NotFittedError
+from gpuknn.hyperparameters import Hyperparameters, parse
+from gpuknn.io.batches import densify, describe_csv
+from gpuknn.model.build import build_model
+from gpuknn.model.knn_model import KNNModel
 from gpuknn.sampling import ReservoirSampler
 
 logger = logging.getLogger("gpuknn")
@@ -196,77 +194,6 @@ class KNN:
         return f"KNN({given})"
 
 
-def describe_csv(batches: Iterable[Batch], name: str, feature_dim: int | str = "auto",
-                 role: str = "train") -> Iterator[Batch]:
-    """Pass CSV batches through, logging the layout the first batch settled on.
-
-    The log line says which column is the label and how many features a row holds
-    ("CSV: column 1 is the label, 16 features per row"): with ``feature_dim`` "auto",
-    a CSV without its label column trains with its first feature as the label, and
-    this line is where that shows.
-
-    Parameters
-    ----------
-    batches : iterable of (X, y)
-        Decoded CSV batches (``y`` None without a label column).
-    name : str
-        The source, for the log and error messages.
-    feature_dim : int or "auto"
-        Checked against the first batch; a width off by exactly the label column asks
-        whether the label column was left out.
-    role : {"train", "test"}
-        Which data this is, for that question.
-
-    Raises
-    ------
-    HyperparameterError
-        When ``feature_dim`` is an integer other than the data's feature count.
-    """
-    first = True
-    for X, y in batches:
-        if first:
-            _check_csv_layout(X.shape[1], y is not None, name, feature_dim, role)
-            first = False
-        yield X, y
-
-
-def _check_csv_layout(width: int, labelled: bool, name: str, feature_dim: int | str,
-                      role: str) -> None:
-    label = "column 1 is the label" if labelled else "no label column (label_size=0)"
-    logger.info("%s: CSV: %s, %d features per row", name, label, width)
-    if feature_dim in ("auto", width):
-        return
-    columns = f"{width + 1} columns, the first one the label" if labelled else \
-        f"{width} columns, no label"
-    hint = label_column_hint(width, feature_dim, role) if labelled else ""
-    raise HyperparameterError([f"'feature_dim' is {feature_dim} but {name} has {width} "
-                               f"features per row ({columns}).{hint}"])
-
-
-def densify(features: sp.spmatrix, hp: Hyperparameters) -> np.ndarray:
-    """A sparse batch as a dense array, refused before allocating when it cannot fit.
-
-    Raises
-    ------
-    HyperparameterError
-        When its width disagrees with ``feature_dim``.
-    DataError
-        When the dense batch would need more memory than is available.
-    """
-    rows, width = features.shape
-    if hp.feature_dim not in ("auto", width):
-        raise HyperparameterError([f"'feature_dim' is {hp.feature_dim} but the sparse data's "
-                                   f"shape is [{width}]"])
-    needed = rows * width * 4
-    available = _backend.available_memory()
-    if available is not None and needed > available // 2:
-        raise DataError(f"sparse rows of shape [{width}] densify to {needed / 2**30:.1f} GiB "
-                        f"per batch of {rows} rows, more than half the "
-                        f"{available / 2**30:.1f} GiB available; check the records' shape, "
-                        "or lower mini_batch_size")
-    return features.toarray()
-
-
 def _is_source(X: Any) -> bool:
     """A path (file, directory, manifest, pipe) or an open binary file."""
     return isinstance(X, (str, os.PathLike)) or hasattr(X, "read")
@@ -307,90 +234,3 @@ def _array_batches(X: Any, y: Any, batch_size: int) -> Iterator[Batch]:
     for start in range(0, X_host.shape[0], batch_size):
         rows = slice(start, start + batch_size)
         yield X_host[rows], None if y_host is None else y_host[rows]
-
-
-def build_model(features: np.ndarray, labels: np.ndarray | None, ids: np.ndarray,
-                hp: Hyperparameters, *, device: str = "cpu", rows_seen: int | None = None,
-                ) -> KNNModel:
-    """Reduce and index a sample; the last two steps of training.
-
-    Parameters
-    ----------
-    features : ndarray of shape (n_sample, n_features), float32
-        Given up to the model: a ``faiss.Flat`` index holds it as its base (reordered in
-        place when it is partitioned), so the sample is never held twice.
-    labels : ndarray of shape (n_sample,), float32, or None
-    ids : ndarray of shape (n_sample,), int64
-        Row numbers of the sample in the training data.
-    hp : Hyperparameters
-    device : {"cpu", "gpu"}
-
-    Returns
-    -------
-    KNNModel
-    """
-    _check_enough_rows(hp.k, features.shape[0], rows_seen)
-    preparation = plan_preparation(hp, features.shape[1])
-    check_k(hp.k, features.shape[0])
-    xp = _backend.array_module(device)
-    started = time.perf_counter()
-    vectors = preparation.apply(_backend.to_device(features, xp), xp=xp)
-    index = build_index(vectors, hp, preparation, xp=xp)
-    logger.info("built %s (%s) over %d x %d vectors on %s in %.2f s", hp.index_type,
-                hp.index_metric, vectors.shape[0], vectors.shape[1],
-                _backend.device_name(xp), time.perf_counter() - started)
-    model = KNNModel(hp, preparation, index, labels, ids, device=device, rows_seen=rows_seen)
-    _backend.release_free_memory()  # the build's temporaries, back to the system
-    return model
-
-
-def _check_enough_rows(k: int, n_sample: int, rows_seen: int | None) -> None:
-    """Refuse training data of fewer rows than ``k``, saying how many it has.
-
-    (``k`` above ``sample_size`` is refused earlier, by the hyperparameters' rules.)
-    """
-    rows = n_sample if rows_seen is None else rows_seen
-    if k > n_sample and rows <= n_sample:
-        raise DataError(f"k={k} but the training data has only {rows} "
-                        f"row{'s' if rows != 1 else ''}: every query needs k neighbours; "
-                        f"lower k to at most {rows}, or train on more rows")
-
-
-def plan_preparation(hp: Hyperparameters, n_features: int) -> Preparation:
-    """Decide the reduction, normalisation and padding for data of ``n_features``."""
-    if hp.feature_dim not in ("auto", n_features):
-        raise HyperparameterError([f"'feature_dim' is {hp.feature_dim} but the data has "
-                                   f"{n_features} features"])
-    target = hp.dimension_reduction_target
-    pq_m = hp.faiss_index_pq_m
-    if hp.index_type == "faiss.IVFPQ" and pq_m is None:
-        pq_m = default_pq_m(target or n_features)
-    if target is not None and pq_m is not None and target % pq_m:
-        target += pq_m - target % pq_m  # SageMaker raises the target to a multiple of pq_m
-        logger.info("dimension_reduction_target raised to %d, a multiple of pq_m=%d",
-                    target, pq_m)
-    if target is not None and target >= n_features:
-        raise HyperparameterError([f"'dimension_reduction_target' ({target}, after rounding "
-                                   f"up to a multiple of pq_m) must be smaller than the "
-                                   f"{n_features} features of the data"])
-    reduction = (fit_reduction(hp.dimension_reduction_type, n_features, target, hp.seed)
-                 if target is not None else None)
-    reduced_dim = target or n_features
-    index_dim = reduced_dim
-    if pq_m is not None and reduced_dim % pq_m:
-        index_dim = reduced_dim + pq_m - reduced_dim % pq_m  # zero padding
-    return Preparation(n_features, reduction, hp.index_metric == "COSINE", index_dim, pq_m)
-
-
-def build_index(vectors: Any, hp: Hyperparameters, preparation: Preparation, *,
-                xp: Any = np) -> Any:
-    """Build the search structure named by ``index_type`` over prepared vectors."""
-    if hp.index_type == "faiss.Flat":  # training gives the sample up: reordered in place
-        return ExactSearch(vectors, hp.index_metric, xp=xp, in_place=True)
-    host = _backend.to_host(vectors)
-    nlists = hp.faiss_index_ivf_nlists
-    nlists = auto_nlists(host.shape[0]) if nlists == "auto" else nlists
-    return IVFSearch.build(host, index_type=hp.index_type, metric=hp.index_metric,
-                           nlists=nlists, pq_m=preparation.pq_m,
-                           nprobe=hp.faiss_index_nprobe, seed=hp.seed,
-                           device="cpu" if xp is np else "gpu")

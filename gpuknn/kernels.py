@@ -6,10 +6,10 @@ compare it with:
 =============  ===========================================================
 kernel         numpy twin
 =============  ===========================================================
-``vote``       :func:`gpuknn.predict.vote_counts` and :func:`~gpuknn.predict.majority`
-``mean``       :func:`gpuknn.predict.mean_labels`
-``fjlt``       :meth:`gpuknn.reduction.FJLT.transform`
-``select_k``   :func:`gpuknn.topk.select_k`
+``vote``       :func:`gpuknn.model.predict.vote_counts` and :func:`~gpuknn.model.predict.majority`
+``mean``       :func:`gpuknn.model.predict.mean_labels`
+``fjlt``       :meth:`gpuknn.model.reduction.FJLT.transform`
+``select_k``   :func:`gpuknn.search.topk.select_k`
 =============  ===========================================================
 
 This module never imports CuPy: callers pass the array module (``xp``) they got from

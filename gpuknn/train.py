@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from gpuknn import _backend, io, model_io
+from gpuknn import _backend, io
 from gpuknn.environment import Channel, TrainingEnvironment, resolve_root
 from gpuknn.errors import (
     ClientError,
@@ -39,10 +39,13 @@ from gpuknn.errors import (
     DependencyError,
     StoppedError,
 )
-from gpuknn.estimator import KNN, describe_csv
+from gpuknn.estimator import KNN
 from gpuknn.hyperparameters import Hyperparameters, parse
+from gpuknn.io.batches import describe_csv
 from gpuknn.io.text import label_column_hint
-from gpuknn.model import KNNModel
+from gpuknn.model import files as model_files
+from gpuknn.model import layout
+from gpuknn.model.knn_model import KNNModel
 
 logger = logging.getLogger("gpuknn.train")
 CHANNELS = ("train", "test")
@@ -210,10 +213,10 @@ def _save(model: KNNModel, env: TrainingEnvironment) -> None:
     env.model_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".gpuknn-model-", dir=_staging_parent(env)))
     try:
-        model_io.save(model, staging)
+        model_files.save(model.parts(), staging)
         _clear_model_dir(env)  # no old JSON beside new files, no stale reduction file
-        names = [p.name for p in staging.iterdir() if p.name != model_io.METADATA]
-        for name in [*names, model_io.METADATA]:  # the JSON last: it marks a complete model
+        names = [p.name for p in staging.iterdir() if p.name != layout.METADATA]
+        for name in [*names, layout.METADATA]:  # the JSON last: it marks a complete model
             shutil.move(str(staging / name), str(env.model_dir / name))
     except BaseException:
         _clear_model_dir(env)
@@ -238,7 +241,7 @@ def _staging_parent(env: TrainingEnvironment) -> Path | None:
 
 def _clear_model_dir(env: TrainingEnvironment) -> None:
     """Remove gpuknn's model files from ``model/``, the JSON (the commit record) first."""
-    for name in (model_io.METADATA, *model_io.KNOWN_FILES):
+    for name in (layout.METADATA, *layout.KNOWN_FILES):
         (env.model_dir / name).unlink(missing_ok=True)
 
 

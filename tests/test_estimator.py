@@ -271,7 +271,7 @@ def test_training_source_without_labels_is_refused(tmp_path, digits):
 
 def test_answer_in_chunks_equals_one_pass(letter, monkeypatch):
     """KNNModel.answer works ANSWER_CHUNK_ROWS queries at a time: the same arrays."""
-    from gpuknn import model as model_module
+    from gpuknn.model import knn_model as model_module
 
     X, y, Q, _ = letter
     model = KNN(k=4, predictor_type="classifier", sample_size=3000).fit(X[:3000], y[:3000]).model

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from _compare import assert_same_neighbours, assert_valid_knn, reference_knn
 
-from gpuknn import _backend, exact
-from gpuknn.exact import ExactSearch
+from gpuknn import _backend
 from gpuknn.metrics import normalize_rows, squared_norms
+from gpuknn.search import exact
+from gpuknn.search.exact import ExactSearch
 
 
 @pytest.mark.parametrize("metric", ["L2", "INNER_PRODUCT", "COSINE"])

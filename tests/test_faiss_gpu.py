@@ -18,8 +18,13 @@ from _compare import assert_valid_knn, recall_at_k, reference_knn
 
 from gpuknn import KNN, KNNModel
 from gpuknn.datasets.synthetic import clustered
-from gpuknn.faiss_gpu import FLOAT16_LOOKUP_PQ_M, GPU_MAX_K, faiss_has_gpu, float16_lookup_tables
-from gpuknn.faiss_index import IVFSearch, require_faiss
+from gpuknn.search.faiss_gpu import (
+    FLOAT16_LOOKUP_PQ_M,
+    GPU_MAX_K,
+    faiss_has_gpu,
+    float16_lookup_tables,
+)
+from gpuknn.search.faiss_index import IVFSearch, require_faiss
 
 faiss = require_faiss()
 needs_faiss_gpu = pytest.mark.skipif(not faiss_has_gpu(faiss),
@@ -68,7 +73,7 @@ def test_gpu_request_without_faiss_gpu_builds_the_cpu_index(data, caplog, index_
     X, Q = data
     pq_m = 16 if index_type == "faiss.IVFPQ" else None
     cpu = _build(X, "cpu", index_type, pq_m)
-    with caplog.at_level(logging.WARNING, logger="gpuknn.faiss_index"):
+    with caplog.at_level(logging.WARNING, logger="gpuknn.search.faiss_index"):
         asked = _build(X, "gpu", index_type, pq_m)
     assert asked.device == "cpu" and asked.gpu is None
     assert "no GPU support" in caplog.text and "faiss-gpu" in caplog.text
@@ -80,7 +85,7 @@ def test_gpu_request_without_faiss_gpu_builds_the_cpu_index(data, caplog, index_
 def test_loading_onto_a_gpu_without_faiss_gpu_keeps_the_cpu_index(data, caplog):
     X, _ = data
     search = _build(X, "cpu")
-    with caplog.at_level(logging.WARNING, logger="gpuknn.faiss_index"):
+    with caplog.at_level(logging.WARNING, logger="gpuknn.search.faiss_index"):
         assert search.to_device("gpu") is search
     assert search.gpu is None and "no GPU support" in caplog.text
     assert search.to_device("cpu") is search

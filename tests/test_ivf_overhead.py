@@ -15,8 +15,8 @@ import pytest
 from gpuknn import KNN
 from gpuknn.benchmark.ivf_overhead import same_results
 from gpuknn.datasets.synthetic import clustered
-from gpuknn.faiss_index import IVFSearch, require_faiss
 from gpuknn.metrics import MISSING_INDEX, missing_distance
+from gpuknn.search.faiss_index import IVFSearch, require_faiss
 
 faiss = require_faiss()
 

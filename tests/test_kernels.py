@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpuknn import KNN, _backend, kernels, predict
-from gpuknn.reduction import FJLT
-from gpuknn.topk import select_k
+from gpuknn import KNN, _backend, kernels
+from gpuknn.model import predict
+from gpuknn.model.reduction import FJLT
+from gpuknn.search.topk import select_k
 
 KERNELS = sorted((Path(__file__).resolve().parent.parent / "kernels").glob("*.cu"))
 NVCC = shutil.which("nvcc")

@@ -24,10 +24,11 @@ import numpy as np
 import pytest
 from _cuda_emulator import COMPILER, EMULATED, SANITIZE_VARIABLE, EmulatedRawModule
 
-from gpuknn import kernels, predict
-from gpuknn.exact import ExactSearch
-from gpuknn.reduction import FJLT
-from gpuknn.topk import merge_k, select_k
+from gpuknn import kernels
+from gpuknn.model import predict
+from gpuknn.model.reduction import FJLT
+from gpuknn.search.exact import ExactSearch
+from gpuknn.search.topk import merge_k, select_k
 
 pytestmark = pytest.mark.skipif(COMPILER is None, reason="g++ is not installed")
 xp = EMULATED
@@ -152,7 +153,7 @@ RACE_CHECK = """
 import numpy as np
 from _cuda_emulator import EMULATED as xp
 from gpuknn import kernels
-from gpuknn.reduction import FJLT
+from gpuknn.model.reduction import FJLT
 rng = np.random.default_rng(0)
 kernels.select_k(rng.integers(-3, 4, (3, 700)).astype(np.float32), 50, xp=xp)
 kernels.select_k(rng.standard_normal((2, 3000)).astype(np.float32), 2048, xp=xp)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from _compare import assert_same_neighbours, assert_valid_knn, reference_knn
 
-from gpuknn import partition
-from gpuknn.exact import ExactSearch
+from gpuknn.search import partition
+from gpuknn.search.exact import ExactSearch
 
 pytest.importorskip("faiss")  # the partition's k-means is faiss's
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-from gpuknn import _backend, predict
+from gpuknn import _backend
+from gpuknn.model import predict
 
 
 def test_vote_majority_and_ties_to_the_smallest_class(xp):

@@ -8,7 +8,7 @@ from scipy.linalg import hadamard
 from scipy.spatial.distance import pdist
 
 from gpuknn import _backend
-from gpuknn.reduction import FJLT, REDUCTIONS, SignProjection, walsh_hadamard
+from gpuknn.model.reduction import FJLT, REDUCTIONS, SignProjection, walsh_hadamard
 
 
 @pytest.mark.parametrize("n", [1, 2, 8, 64, 1024])
@@ -74,7 +74,7 @@ def test_reduction_is_deterministic_per_seed_and_round_trips(rng, kind):
 
 
 def test_fjlt_processes_rows_in_chunks(rng, monkeypatch):
-    from gpuknn import reduction
+    from gpuknn.model import reduction
 
     X = rng.standard_normal((50, 30)).astype(np.float32)
     fjlt = FJLT.fit(30, 6, seed=0)
@@ -84,7 +84,7 @@ def test_fjlt_processes_rows_in_chunks(rng, monkeypatch):
 
 
 def test_fjlt_without_the_dense_matrix_gives_the_same_rows(rng, monkeypatch):
-    from gpuknn import reduction
+    from gpuknn.model import reduction
 
     X = rng.standard_normal((20, 300)).astype(np.float32)
     dense = FJLT.fit(300, 40, seed=2).apply(X)

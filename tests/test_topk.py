@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from gpuknn import _backend
-from gpuknn.topk import merge_k, select_k
+from gpuknn.search.topk import merge_k, select_k
 
 
 def stable_reference(scores: np.ndarray, k: int):

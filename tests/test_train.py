@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from gpuknn import KNN, KNNModel, io, model_io
+from gpuknn import KNN, KNNModel, io
+from gpuknn.model import files as model_files
 
 # SageMaker's metric definitions for the k-NN algorithm, verbatim.
 METRIC_REGEXES = {
@@ -123,7 +124,7 @@ def assert_succeeded(result: subprocess.CompletedProcess, root: Path) -> None:
     assert metric(result.stdout, "train:throughput") > 0
 
 
-def model_files(root: Path) -> list[str]:
+def files_in_model(root: Path) -> list[str]:
     model = root / "model"
     return sorted(p.name for p in model.iterdir()) if model.is_dir() else []
 
@@ -140,7 +141,7 @@ def assert_failed(result: subprocess.CompletedProcess, root: Path, *needles: str
     log = result.stdout + result.stderr
     assert "Traceback" not in log  # a user's mistake: the reason, once, no traceback
     assert log.count("Training failed:") == 1, log
-    assert model_files(root) == []
+    assert files_in_model(root) == []
     assert not re.search(METRIC_REGEXES["test:accuracy"], result.stdout)
     return failure
 
@@ -189,8 +190,8 @@ def test_letter_classifier_scores_the_reference_accuracy(tmp_path, letter):
     assert metrics == {"test:accuracy": 0.9565, "train:records": 16000.0,
                        "train:sample_size": 16000.0,
                        "train:throughput": metric(result.stdout, "train:throughput")}
-    assert model_files(root) == sorted([model_io.INDEX, model_io.LABELS, model_io.IDS,
-                                        model_io.FLAT, model_io.METADATA])
+    assert files_in_model(root) == sorted([model_files.INDEX, model_files.LABELS, model_files.IDS,
+                                        model_files.FLAT, model_files.METADATA])
     model = KNNModel.load(root / "model", device="cpu")
     assert (model.k, model.predictor_type, model.n_indexed, model.feature_dim) == (
         1, "classifier", 16000, 16)
@@ -378,7 +379,7 @@ def test_sigterm_stops_a_job_blocked_on_a_pipe(tmp_path):
     failure = (root / "output" / "failure").read_text()
     assert "stopped" in failure.lower() and "SIGTERM" in failure
     assert len(failure) <= 1024 and "Traceback" not in failure
-    assert model_files(root) == []
+    assert files_in_model(root) == []
     assert not re.search(METRIC_REGEXES["train:progress"], output)
 
 
@@ -505,7 +506,7 @@ def test_failures_leave_a_reason_and_no_model(tmp_path, setup):
     needles = setup(root)
     stale = KNN(k=1, predictor_type="classifier", sample_size=10, device="cpu")
     stale.fit(TRAIN_X, TRAIN_Y).fitted_model.save(root / "model")  # an earlier run's model
-    assert model_io.METADATA in model_files(root)
+    assert model_files.METADATA in files_in_model(root)
 
     result = run_train(root)
 

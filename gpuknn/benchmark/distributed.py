@@ -129,7 +129,7 @@ _WORKER_MODEL: dict[str, Any] = {}
 
 
 def _load_model(path: str) -> None:
-    from gpuknn.model import KNNModel  # noqa: PLC0415
+    from gpuknn.model.knn_model import KNNModel  # noqa: PLC0415
 
     _WORKER_MODEL["model"] = KNNModel.load(path, device="cpu")
 
@@ -143,7 +143,7 @@ def _transform_one(source: Path, target: Path, job: Any) -> int:
 def transform_engines(model_path: Path, inputs: Path, out: Path) -> dict[str, Timed]:
     """The transform engines; each writes fresh outputs and returns the rows answered."""
     from gpuknn.distributed import transform as ray_transform  # noqa: PLC0415
-    from gpuknn.model import KNNModel  # noqa: PLC0415
+    from gpuknn.model.knn_model import KNNModel  # noqa: PLC0415
     from gpuknn.serving import transform  # noqa: PLC0415
 
     model = KNNModel.load(model_path, device="cpu")

@@ -103,7 +103,7 @@ class Faiss(Engine):
         super().__init__("faiss", index, settings=dict(like))
 
     def build(self, X: np.ndarray) -> None:
-        from gpuknn.faiss_index import require_faiss  # noqa: PLC0415
+        from gpuknn.search.faiss_index import require_faiss  # noqa: PLC0415
 
         faiss = require_faiss()
         X = self._padded(X)

@@ -110,7 +110,7 @@ class _Replay:
     once, so that timing gpuknn over it times gpuknn's own work and nothing of faiss's."""
 
     def __init__(self, index: Any, prepared: np.ndarray, k: int, nprobe: int):
-        from gpuknn.faiss_index import require_faiss  # noqa: PLC0415
+        from gpuknn.search.faiss_index import require_faiss  # noqa: PLC0415
 
         self.nlist, self.ntotal, self.d = index.nlist, index.ntotal, index.d
         params = require_faiss().SearchParametersIVF(nprobe=nprobe)
@@ -166,7 +166,7 @@ def same_results(model: Any, queries: np.ndarray, k: int = K) -> dict[str, Any]:
     """
     search = model.index
     prepared = model.preparation.apply(queries, xp=np)
-    from gpuknn.faiss_index import require_faiss  # noqa: PLC0415
+    from gpuknn.search.faiss_index import require_faiss  # noqa: PLC0415
 
     params = require_faiss().SearchParametersIVF(nprobe=search.nprobe)
     raw_d, raw_p = search.index.search(prepared, k, params=params)

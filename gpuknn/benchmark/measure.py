@@ -60,7 +60,7 @@ def vote_accuracy(ids: np.ndarray, y_base: np.ndarray, y_queries: np.ndarray) ->
 
 def exact_neighbours(X: np.ndarray, Q: np.ndarray, k: int) -> np.ndarray:
     """Ground truth: gpuknn's exact search (brute force or cluster-pruned, both exact)."""
-    from gpuknn.exact import ExactSearch  # noqa: PLC0415
+    from gpuknn.search.exact import ExactSearch  # noqa: PLC0415
 
     return ExactSearch(X, "L2").search(Q, k)[1]
 

@@ -16,7 +16,7 @@ process so that every baseline is clean.
   tree of a real ``gpuknn serve``, for 1 and 2 workers, once every worker has loaded the
   model and a request was answered.
 - :func:`gpu_accounting`: no GPU needed: the largest n x d float32 base whose device memory
-  fits a card, by :func:`gpuknn.exact.device_bytes` where it exists, beside the old layout
+  fits a card, by :func:`gpuknn.search.exact.device_bytes` where it exists, beside the old layout
   (the base held twice).
 
 :func:`measure_dataset` runs them for one data set, :func:`measure_all` for several, and
@@ -52,7 +52,7 @@ QUICK_ROWS = {"sift-like": 100_000, "covtype-like": 100_000}
 SIFT_CLASSES = 10
 K = 10
 # Rows of the warm-up build that loads an engine's libraries before the baseline: above
-# gpuknn.partition.MIN_ROWS, so that k-means and its thread pools are warm too.
+# gpuknn.search.partition.MIN_ROWS, so that k-means and its thread pools are warm too.
 WARM_ROWS = 60_000
 LOAD_ROUNDS = 5
 # A "16 GB" card, in bytes (nominal; CUDA reports a little less or more per model).
@@ -385,7 +385,7 @@ def load_time(model_dir: str | Path, *, rounds: int = LOAD_ROUNDS, seed: int = 0
 
 def _load_in_child(*, model_dir: str, rounds: int, seed: int) -> dict[str, Any]:
     from gpuknn.benchmark.measure import summary  # noqa: PLC0415 - in the child only
-    from gpuknn.model import KNNModel  # noqa: PLC0415 - in the child only
+    from gpuknn.model.knn_model import KNNModel  # noqa: PLC0415 - in the child only
 
     files = sorted(path for path in Path(model_dir).rglob("*") if path.is_file())
     query = None
@@ -625,7 +625,7 @@ def _tail(path: Path, size: int = 3000) -> str:
 def gpu_accounting(dim: int = 128, card_bytes: int = CARD_BYTES) -> dict[str, Any]:
     """The largest n x ``dim`` float32 Flat base a card holds, by device accounting alone.
 
-    gpuknn's count is :func:`gpuknn.exact.device_bytes` (n, dim) where it exists, else
+    gpuknn's count is :func:`gpuknn.search.exact.device_bytes` (n, dim) where it exists, else
     :func:`base_once_bytes` (and ``source`` says so). Beside it, the largest n of the
     base-once accounting and of the old layout (:func:`old_layout_bytes`).
 
@@ -650,9 +650,9 @@ def gpu_accounting(dim: int = 128, card_bytes: int = CARD_BYTES) -> dict[str, An
 
 def base_once_bytes(n: int, dim: int) -> int:
     """Device bytes of an n x dim float32 exact search holding the base once: the base, its
-    norms (float32), one score tile (:data:`gpuknn.exact.GPU_TILE_BYTES`), a scratch block
+    norms (float32), one score tile (:data:`gpuknn.search.exact.GPU_TILE_BYTES`), a scratch block
     of the base rows one tile covers, and one query chunk
-    (:data:`gpuknn.exact.GPU_QUERY_CHUNK` rows)."""
+    (:data:`gpuknn.search.exact.GPU_QUERY_CHUNK` rows)."""
     tile, chunk = _gpu_constants()
     return (n * dim * 4 + n * 4 + tile + _block_rows(tile, chunk) * dim * 4
             + chunk * dim * 4)
@@ -680,7 +680,7 @@ def largest_fitting(bytes_of: Callable[[int], int], budget: int) -> int:
 
 
 def _device_bytes() -> tuple[Callable[[int, int], int], str]:
-    from gpuknn import exact  # noqa: PLC0415 - only when asked
+    from gpuknn.search import exact  # noqa: PLC0415 - only when asked
 
     counted = getattr(exact, "device_bytes", None)
     if counted is not None:
@@ -689,13 +689,13 @@ def _device_bytes() -> tuple[Callable[[int, int], int], str]:
         except (TypeError, ValueError):
             counted = None
     if counted is None:
-        return base_once_bytes, ("this harness's base-once formula: gpuknn.exact.device_bytes "
-                                 "is missing")
-    return (lambda n, dim: int(counted(n, dim))), "gpuknn.exact.device_bytes"
+        return base_once_bytes, ("this harness's base-once formula: "
+                                 "gpuknn.search.exact.device_bytes is missing")
+    return (lambda n, dim: int(counted(n, dim))), "gpuknn.search.exact.device_bytes"
 
 
 def _gpu_constants() -> tuple[int, int]:
-    from gpuknn import exact  # noqa: PLC0415 - only when asked
+    from gpuknn.search import exact  # noqa: PLC0415 - only when asked
 
     return int(getattr(exact, "GPU_TILE_BYTES", 1 << 30)), int(getattr(exact, "GPU_QUERY_CHUNK",
                                                                        8192))
@@ -806,7 +806,7 @@ def goal_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append(row)
     gpu = results.get("gpu")
     if gpu:
-        measured = gpu["source"] == "gpuknn.exact.device_bytes"
+        measured = gpu["source"] == "gpuknn.search.exact.device_bytes"
         rows.append({"goal": "gpu", "dataset": f"n x {gpu['dim']}",
                      "target": f"base once: >= {BASE_ONCE_SHARE:.0%} of "
                                f"{gpu['base_once_largest_n']:,} rows",

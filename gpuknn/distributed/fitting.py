@@ -20,9 +20,9 @@ import scipy.sparse as sp
 from gpuknn.distributed import parts as parts_
 from gpuknn.distributed.merge import HostSample, MergedSample, merge
 from gpuknn.errors import ClusterError, GpuknnError, first_line
-from gpuknn.estimator import densify, describe_csv
 from gpuknn.hyperparameters import parse
 from gpuknn.io import CSV, parse_content_type
+from gpuknn.io.batches import densify, describe_csv
 from gpuknn.sampling import ReservoirSampler
 
 logger = logging.getLogger("gpuknn.distributed")

@@ -41,7 +41,7 @@ from gpuknn.distributed.fitting import merge_parts, sample_parts
 from gpuknn.environment import ROOT_VARIABLE, Channel, TrainingEnvironment, resolve_root
 from gpuknn.errors import ClientError, ClusterError, DataError, GpuknnError, StoppedError
 from gpuknn.hyperparameters import Hyperparameters
-from gpuknn.model import KNNModel
+from gpuknn.model.knn_model import KNNModel
 
 logger = logging.getLogger("gpuknn.train")
 PORT_VARIABLE = "GPUKNN_RAY_PORT"
@@ -307,7 +307,7 @@ def _poll_until(ready: Callable[[], bool], settings: ClusterSettings, stop: _Sto
 
 def _sample_and_build(ray: Any, env: TrainingEnvironment, hp: Hyperparameters,
                       device: str, stop: _Stop) -> KNNModel:
-    from gpuknn.estimator import build_model  # noqa: PLC0415 - imports faiss
+    from gpuknn.model.build import build_model  # noqa: PLC0415 - imports faiss
 
     channel = env.channels["train"]
     hosts = len(env.hosts)

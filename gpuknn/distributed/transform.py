@@ -30,7 +30,7 @@ import numpy as np
 
 from gpuknn.distributed.cluster import connected
 from gpuknn.errors import ClientError, DeviceError, GpuknnError, ModelFileError
-from gpuknn.model import KNNModel
+from gpuknn.model.knn_model import KNNModel
 from gpuknn.serving import transform
 from gpuknn.serving.transform import PARTIAL_SUFFIX, TransformJob, TransformReport
 

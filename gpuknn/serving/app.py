@@ -33,7 +33,7 @@ from starlette.routing import Route
 
 from gpuknn import _backend, _version
 from gpuknn.errors import ClientError, PayloadTooLargeError, RequestTimeoutError
-from gpuknn.model import KNNModel
+from gpuknn.model.knn_model import KNNModel
 from gpuknn.serving import formats
 from gpuknn.serving.batching import MicroBatcher
 

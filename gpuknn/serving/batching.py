@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gpuknn.model import Answer, KNNModel
+from gpuknn.model.knn_model import Answer, KNNModel
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ SIGKILL), answer what the batcher holds, and exit 0.
 
 A model that cannot serve ends the server with exit 1 and a one-line reason, whatever
 the worker count: with several workers the parent checks the whole model first
-(:func:`gpuknn.model_io.verify`), and a worker that still fails to load (a device out
+(:func:`gpuknn.model.files.verify`), and a worker that still fails to load (a device out
 of memory, say) writes its reason to a file the parent named and stops the parent,
 which then exits 1 with that reason.
 """
@@ -31,9 +31,10 @@ from typing import Any
 
 import uvicorn
 
-from gpuknn import _backend, model_io
+from gpuknn import _backend
 from gpuknn.environment import resolve_root
 from gpuknn.errors import ClientError
+from gpuknn.model import files as model_files
 from gpuknn.serving.app import ServeSettings, create_app
 
 log = logging.getLogger("gpuknn.serve")
@@ -118,7 +119,7 @@ def serve(settings: ServeSettings, *, host: str = "0.0.0.0", port: int | None = 
 def _serve_workers(settings: ServeSettings, workers: int, options: dict[str, Any]) -> int:
     """Several worker processes on one socket (uvicorn's supervisor); the exit code."""
     try:  # each worker loads the model itself; a broken one should stop us here, once
-        model_io.verify(settings.model_path)
+        model_files.verify(settings.model_path)
     except ClientError as err:
         log.error("gpuknn serve stopped: could not load the model: %s", err)
         return 1

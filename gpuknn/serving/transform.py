@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from gpuknn import io as data_io
 from gpuknn.errors import ClientError, DataError
-from gpuknn.model import KNNModel
+from gpuknn.model.knn_model import KNNModel
 from gpuknn.serving import formats
 
 SPLIT_TYPES = ("Line", "RecordIO", "None")

@@ -11,54 +11,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from gpuknn import _backend, predict
+from gpuknn import _backend
 from gpuknn.errors import ClientError, DataError
 from gpuknn.hyperparameters import Hyperparameters
-from gpuknn.metrics import MISSING_INDEX, normalize_rows
+from gpuknn.metrics import MISSING_INDEX
+from gpuknn.model import files as model_files
+from gpuknn.model import predict
+from gpuknn.model.parts import ModelParts, Preparation, check_k
 
 ArrayLike = Any  # numpy.ndarray or cupy.ndarray
-
-
-@dataclass
-class Preparation:
-    """How raw feature rows become index vectors.
-
-    Attributes
-    ----------
-    feature_dim : int
-        Features per input row.
-    reduction : SignProjection or FJLT or None
-    normalize : bool
-        L2-normalise after reduction (COSINE).
-    index_dim : int
-        Dimension of the index vectors; larger than the reduced dimension when
-        zeros are appended so that ``faiss_index_pq_m`` divides it.
-    pq_m : int or None
-        The PQ sub-vector count in effect (given or defaulted), for IVFPQ.
-    """
-
-    feature_dim: int
-    reduction: Any
-    normalize: bool
-    index_dim: int
-    pq_m: int | None = None
-
-    def apply(self, X: ArrayLike, *, xp: ModuleType) -> ArrayLike:
-        """Turn rows of shape (n, feature_dim) into index vectors (n, index_dim), float32."""
-        if self.reduction is not None:
-            X = self.reduction.apply(X, xp=xp)
-        if self.normalize:
-            X = normalize_rows(X, xp=xp)
-        if X.shape[1] < self.index_dim:
-            padded = xp.zeros((X.shape[0], self.index_dim), dtype=xp.float32)
-            padded[:, : X.shape[1]] = X
-            X = padded
-        return xp.ascontiguousarray(X, dtype=xp.float32)
 
 
 # Queries per pass of KNNModel.answer (bounds its working memory, not its result).
@@ -340,15 +305,24 @@ class KNNModel:
         return _backend.to_host(array) if _backend.get_xp(like) is np else array
 
     # -- files -------------------------------------------------------------------------
+    def parts(self) -> ModelParts:
+        """What a model file holds: this model's parts (shared, not copied)."""
+        return ModelParts(self.hyperparameters, self.preparation, self.index, self.labels,
+                          self.ids, self.rows_seen, self.device)
+
+    @classmethod
+    def from_parts(cls, parts: ModelParts) -> KNNModel:
+        """The model of ``parts`` (as :func:`gpuknn.model.files.load` returns them)."""
+        return cls(parts.hyperparameters, parts.preparation, parts.index, parts.labels,
+                   parts.ids, device=parts.device, rows_seen=parts.rows_seen)
+
     def save(self, path: str | Path) -> Path:
         """Write the model to a directory, or to a ``.tar.gz`` / ``.tgz`` archive.
 
         The write is atomic: a crash never leaves a half-written model behind.
-        See :mod:`gpuknn.model_io` for the files.
+        See :mod:`gpuknn.model.files` for the files.
         """
-        from gpuknn import model_io  # noqa: PLC0415 - model_io imports this module
-
-        return model_io.save(self, path)
+        return model_files.save(self.parts(), path)
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", *,
@@ -358,11 +332,9 @@ class KNNModel:
         A ``faiss.Flat`` or IVF index in a directory is memory-mapped, so processes that
         load one model share its pages. A ``.tar.gz`` is unpacked once, into
         ``cache_dir`` (default ``$GPUKNN_MODEL_CACHE``, else ``.gpuknn-models/`` beside
-        it), and mapped from there (:func:`gpuknn.model_io.unpacked`).
+        it), and mapped from there (:func:`gpuknn.model.files.unpacked`).
         """
-        from gpuknn import model_io  # noqa: PLC0415 - model_io imports this module
-
-        return model_io.load(path, device=device, cache_dir=cache_dir)
+        return cls.from_parts(model_files.load(path, device=device, cache_dir=cache_dir))
 
     def __repr__(self) -> str:
         hp = self.hyperparameters
@@ -370,11 +342,3 @@ class KNNModel:
                 f"index_type={hp.index_type!r}, index_metric={hp.index_metric!r}, "
                 f"n_indexed={self.n_indexed}, feature_dim={self.feature_dim}, "
                 f"device={self.device!r})")
-
-
-def check_k(k: int, n_indexed: int) -> int:
-    """Refuse a k larger than the number of indexed rows."""
-    if not 1 <= int(k) <= n_indexed:
-        raise ClientError(f"k={k} must be between 1 and the number of indexed rows "
-                          f"({n_indexed}); lower k or index more rows (sample_size)")
-    return int(k)

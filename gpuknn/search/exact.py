@@ -1,7 +1,7 @@
 """Exact (brute-force) k-NN search on numpy or cupy arrays.
 
 This is gpuknn's ``faiss.Flat``: a tiled GEMM followed by the pruned top-k of
-:mod:`gpuknn.topk`. Queries and base vectors are cut into tiles small enough to
+:mod:`gpuknn.search.topk`. Queries and base vectors are cut into tiles small enough to
 stay in cache (or, on a GPU, to bound device memory), each tile yields its own
 top k, and the tiles' candidates are merged.
 
@@ -10,7 +10,7 @@ inner products. A few more than k candidates are kept; their distances are then
 recomputed directly from the vectors (no cancellation) and re-sorted, so returned
 distances are accurate even for near-duplicate vectors with large norms. Rows where
 the surrogate's rounding error could have dropped a true neighbour
-(:mod:`gpuknn.rounding`) are searched again in float64, so the answer is exact.
+(:mod:`gpuknn.search.rounding`) are searched again in float64, so the answer is exact.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from gpuknn import partition as partition_module
 from gpuknn._backend import usable_cores
-from gpuknn.rounding import float64_top_k
-from gpuknn.search_base import SearchBase
-from gpuknn.topk import merge_k, select_k
+from gpuknn.search import partition as partition_module
+from gpuknn.search.base import SearchBase
+from gpuknn.search.rounding import float64_top_k
+from gpuknn.search.topk import merge_k, select_k
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class ExactSearch:
         search holds the base once, its norms (4 bytes a row) and one block of scaled
         base rows (:func:`device_bytes`): a 10M x 128 base takes 6.4 GB on a GPU.
     partition : {"auto", "never", "always"} or ClusterPartition
-        Cluster pruning (:mod:`gpuknn.partition`, L2 on the CPU with faiss installed):
+        Cluster pruning (:mod:`gpuknn.search.partition`, L2 on the CPU with faiss installed):
         ``"auto"`` builds it for large bases and keeps it only where it pays off on the
         data, ``"always"`` builds it whatever the size, ``"never"`` searches by brute force;
         a ``ClusterPartition`` (a stored one, of these vectors) is used as it is, with no

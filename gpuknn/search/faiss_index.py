@@ -1,7 +1,7 @@
 """faiss IVFFlat and IVFPQ indexes, and faiss's file format for every index type.
 
 faiss is an optional dependency (the ``cpu`` or ``gpu`` extra); it is imported
-only by the functions here and by :mod:`gpuknn.faiss_gpu`, with a clear error when
+only by the functions here and by :mod:`gpuknn.search.faiss_gpu`, with a clear error when
 it is missing.
 """
 
@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from gpuknn.errors import DataError, DependencyError, ModelFileError, first_line
-from gpuknn.faiss_gpu import GPU_MAX_K, GpuIVF, faiss_has_gpu
 from gpuknn.metrics import MISSING_INDEX, faiss_metric, missing_distance
+from gpuknn.search.faiss_gpu import GPU_MAX_K, GpuIVF, faiss_has_gpu
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class IVFSearch:
     nprobe : int
         Lists probed per query (capped at the number of lists).
     gpu : GpuIVF, optional
-        A GPU copy of ``index`` (:mod:`gpuknn.faiss_gpu`) that searches instead of it
+        A GPU copy of ``index`` (:mod:`gpuknn.search.faiss_gpu`) that searches instead of it
         wherever faiss's GPU search allows.
     mapped_from : bytes-like, optional
         The index file's bytes (a read-only map of it) when ``index`` maps its lists from

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
-from gpuknn import KNN, ClientError, KNNModel, ModelFileError, model_io
+from gpuknn import KNN, ClientError, KNNModel, ModelFileError
+from gpuknn.model import files as model_files
 
 JSON = "model_algo-1.json"
 INDEX = "model_algo-1"
@@ -387,7 +388,7 @@ CORRUPTIONS = [
     pytest.param(_write(JSON, b"[1, 2, 3]"), JSON, id="json-not-an-object"),
     pytest.param(_write(JSON, b""), JSON, id="empty-json"),
     pytest.param(_write(JSON, b" " * (1 << 20) + b"{}"), JSON, id="huge-json"),
-    pytest.param(_meta(format_version=model_io.FORMAT_VERSION + 1), JSON,
+    pytest.param(_meta(format_version=model_files.FORMAT_VERSION + 1), JSON,
                  id="newer-format-version"),
     pytest.param(_meta(format_version="1"), JSON, id="format-version-string"),
     pytest.param(_meta(format="something-else"), JSON, id="other-format"),
@@ -477,7 +478,8 @@ def test_wrong_shapes(saved, corrupt, broken):
 ])
 def test_index_file_of_another_model(saved, digits, config, broken):
     other = fit(digits[0][:300], digits[1][:300], **config)
-    replace_file_consistently(saved, INDEX, model_io._model_files(other)[INDEX].tobytes())
+    index = model_files._model_files(other.parts())[INDEX]
+    replace_file_consistently(saved, INDEX, index.tobytes())
     with pytest.raises(ModelFileError) as info:
         load(saved)
     assert f"{saved / broken}:" in str(info.value), str(info.value)
@@ -508,7 +510,8 @@ def test_empty_directory(tmp_path):
 # -- corrupt and hostile archives -------------------------------------------------------------
 @pytest.fixture
 def archive_files(small_model) -> dict[str, bytes]:
-    return {name: data.tobytes() for name, data in model_io._model_files(small_model).items()}
+    files = model_files._model_files(small_model.parts())
+    return {name: data.tobytes() for name, data in files.items()}
 
 
 @pytest.fixture
@@ -643,8 +646,8 @@ class SimulatedCrashError(Exception):
 
 
 def crash_after(monkeypatch, files_written: int) -> list[str]:
-    """Make model_io._atomic_write raise once ``files_written`` files were written."""
-    real = model_io._atomic_write
+    """Make model_files._atomic_write raise once ``files_written`` files were written."""
+    real = model_files._atomic_write
     written: list[str] = []
 
     def flaky(target, data):
@@ -653,7 +656,7 @@ def crash_after(monkeypatch, files_written: int) -> list[str]:
         real(target, data)
         written.append(target.name)
 
-    monkeypatch.setattr(model_io, "_atomic_write", flaky)
+    monkeypatch.setattr(model_files, "_atomic_write", flaky)
     return written
 
 
@@ -694,7 +697,7 @@ def test_failed_archive_save_leaves_nothing(tmp_path, monkeypatch, train, querie
         raise SimulatedCrashError(fails)
 
     if fails == "write":
-        monkeypatch.setattr(model_io, "_atomic_write", fail)
+        monkeypatch.setattr(model_files, "_atomic_write", fail)
     else:
         monkeypatch.setattr(os, fails, fail)
     with pytest.raises(SimulatedCrashError):

@@ -1,7 +1,7 @@
 """The base vectors of exact search, held once.
 
 Exact L2 search ranks the base by the float32 surrogate ``|x - c|^2 - 2 <q - c, x - c>``,
-with ``c`` the base's rounded mean (:mod:`gpuknn.exact`). It used to keep the centred,
+with ``c`` the base's rounded mean (:mod:`gpuknn.search.exact`). It used to keep the centred,
 ``-2``-scaled base as a second copy of the vectors. :class:`SearchBase` keeps only the
 vectors as they were given (a numpy array, a read-only map of a model file, or a
 device array) and makes the scaled rows of one tile or one cluster when a search
@@ -10,7 +10,7 @@ Where a cluster partition prunes the search, the rows are stored cluster by clus
 (:meth:`SearchBase.in_order`), so that each cluster is one contiguous block.
 
 Besides the vectors it holds what is derived from them once: the centre, every row's
-centred squared norm (``n`` float32) and the :class:`~gpuknn.rounding.RoundingBound`.
+centred squared norm (``n`` float32) and the :class:`~gpuknn.search.rounding.RoundingBound`.
 These are stored in a model file (:meth:`SearchBase.to_arrays`), so that loading a
 ``faiss.Flat`` model reads them instead of passing over the base again.
 """
@@ -25,7 +25,7 @@ import numpy as np
 
 from gpuknn._permute import permute_rows
 from gpuknn.metrics import squared_norms
-from gpuknn.rounding import RoundingBound
+from gpuknn.search.rounding import RoundingBound
 
 # Rows per pass of the one-time passes over the base (norms, bound): their temporaries
 # are a few blocks, small beside the base (a block of 128-d rows is 4 MiB).

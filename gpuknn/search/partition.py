@@ -17,7 +17,7 @@ Nothing that could be among the k nearest is skipped, so the result is exact: th
 same float32 ranking surrogate as the brute-force search (with a generous allowance
 for its rounding in the bound), and ties to the smaller training row, as there. The
 clusters are stored one after another, and each is scored in one GEMM against the
-queries that need it (the base, held once by :class:`~gpuknn.search_base.SearchBase`,
+queries that need it (the base, held once by :class:`~gpuknn.search.base.SearchBase`,
 is stored in that order).
 
 A partition is kept only if it prunes on the data itself: at build time a sample of
@@ -33,10 +33,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gpuknn.rounding import gamma
+from gpuknn.search.rounding import gamma
 
 if TYPE_CHECKING:
-    from gpuknn.search_base import SearchBase
+    from gpuknn.search.base import SearchBase
 
 MIN_ROWS = 50_000
 # About sqrt(n) * CLUSTER_SCALE clusters: fewer, larger clusters mean fewer GEMM calls
@@ -262,7 +262,7 @@ def build(base: SearchBase, *, seed: int = 0,
     if n < max(min_rows, 2):
         return None
     try:
-        from gpuknn.faiss_index import require_faiss  # noqa: PLC0415 - optional dependency
+        from gpuknn.search.faiss_index import require_faiss  # noqa: PLC0415 - optional dependency
 
         faiss = require_faiss()
     except ImportError:

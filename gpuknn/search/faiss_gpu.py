@@ -1,7 +1,7 @@
 """faiss-gpu for the IVF indexes: training, filling and searching them on a GPU.
 
 Where the installed faiss has GPU support (the ``faiss-gpu`` wheel, CUDA 12) and a
-GPU is visible, :class:`gpuknn.faiss_index.IVFSearch` keeps a GPU copy of its index
+GPU is visible, :class:`gpuknn.search.faiss_index.IVFSearch` keeps a GPU copy of its index
 made here. The CPU index stays the one saved to and read from model files: faiss
 cannot write a GPU index, and precision options are not stored in the file, so
 they are set again by :func:`cloner_options` on every load.
@@ -129,7 +129,7 @@ class GpuIVF:
 
     def can_search(self, k: int) -> bool:
         """Whether faiss's GPU search handles ``k`` (nprobe is within the limit by
-        construction: :class:`gpuknn.faiss_index.IVFSearch` makes no copy otherwise)."""
+        construction: :class:`gpuknn.search.faiss_index.IVFSearch` makes no copy otherwise)."""
         return k <= GPU_MAX_K
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
