@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
 from types import ModuleType
 from typing import Any
 
@@ -149,15 +150,15 @@ def available_memory() -> int | None:
 
 
 @functools.lru_cache(maxsize=1)
-def _malloc_trim() -> Any:
-    """glibc's ``malloc_trim``, or None on another C library."""
+def _libc() -> Any:
+    """The C library (for ``malloc_trim`` and ``madvise``), or None where it is not found."""
     import ctypes  # noqa: PLC0415 - only when memory is handed back
     import ctypes.util  # noqa: PLC0415
 
     name = ctypes.util.find_library("c")
     try:
-        return ctypes.CDLL(name).malloc_trim if name else None
-    except (OSError, AttributeError):
+        return ctypes.CDLL(name) if name else None
+    except OSError:
         return None
 
 
@@ -168,6 +169,48 @@ def release_free_memory() -> None:
     the heap, where glibc keeps them resident for reuse: up to a few tens of MB that a
     fitted model would otherwise appear to hold. Training calls this once it is done.
     """
-    trim = _malloc_trim()
+    trim = getattr(_libc(), "malloc_trim", None)
     if trim is not None:
         trim(0)
+
+
+MADV_DONTNEED = 4  # Linux's value on every architecture gpuknn runs on
+
+
+def discard_rows(array: Any, stop: int) -> int:
+    """Hand back to the system the memory of rows ``[0, stop)`` of an array that nothing
+    will read again; those rows read as zeros afterwards.
+
+    Only whole pages inside those rows are handed back (``madvise(MADV_DONTNEED)``), so no
+    byte outside them changes. Training uses it to give up its sample while faiss copies
+    it, a chunk at a time.
+
+    Parameters
+    ----------
+    array : ndarray of shape (n_rows, ...)
+        C-contiguous and writable (a read-only array, a shared object store's for one, is
+        left alone), on the host.
+    stop : int
+        Rows ``[0, stop)`` are discarded.
+
+    Returns
+    -------
+    int
+        Bytes handed back: 0 off Linux, or for an array this does not apply to.
+    """
+    madvise = getattr(_libc(), "madvise", None) if sys.platform.startswith("linux") else None
+    if madvise is None or not isinstance(array, np.ndarray) or array.ndim == 0 or \
+            not array.flags.c_contiguous or not array.flags.writeable:
+        return 0
+    import ctypes  # noqa: PLC0415 - loaded by _libc already
+    import mmap  # noqa: PLC0415
+
+    begin = array.ctypes.data
+    end = begin + min(max(stop, 0), len(array)) * array.strides[0]
+    first = -(-begin // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages inside the rows only
+    last = end // mmap.PAGESIZE * mmap.PAGESIZE
+    if last <= first:
+        return 0
+    done = madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first),
+                   ctypes.c_int(MADV_DONTNEED))
+    return last - first if done == 0 else 0

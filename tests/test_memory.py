@@ -1,5 +1,5 @@
-"""Memory: a fitted faiss.Flat model holds its sample once, fitting never holds it twice,
-and processes that load one model directory share its vectors.
+"""Memory: a fitted faiss.Flat model holds its sample once, fitting never holds it twice
+(an IVF fit neither), and processes that load one model directory share its vectors.
 
 Each measurement runs in a fresh process (``gpuknn.benchmark.memory``), so that the
 resident sizes are this model's alone. Nothing is timed.
@@ -36,6 +36,20 @@ def test_a_fitted_flat_model_holds_its_sample_once(dataset, rows):
     assert result["peak_ratio"] <= PEAK_LIMIT, result
     assert result["arrays"][0]["nbytes"] == result["raw_bytes"]  # the base, held once
     assert sum(array["nbytes"] for array in result["arrays"]) <= 1.15 * result["raw_bytes"]
+
+
+# IVFFlat: faiss's lists (the vectors, their ids, the lists' spare capacity) measured
+# 1.13x and 1.23x held. The peak is now k-means training's (1.53x and 1.80x); filling the
+# lists from the whole sample in one add peaked at 2.28x and 2.47x.
+IVF_HELD_LIMIT, IVF_PEAK_LIMIT = 1.35, 2.0
+
+
+@pytest.mark.parametrize(("dataset", "rows"), [("sift-like", 400_000),
+                                               ("covtype-like", 300_000)])
+def test_an_ivf_fit_gives_its_sample_up_as_faiss_copies_it(dataset, rows):
+    result = harness.fit_memory(dataset, rows, index="faiss.IVFFlat")
+    assert result["held_ratio"] <= IVF_HELD_LIMIT, result
+    assert result["peak_ratio"] <= IVF_PEAK_LIMIT, result
 
 
 SHARER = textwrap.dedent("""

@@ -111,4 +111,4 @@ def build_index(vectors: Any, hp: Hyperparameters, preparation: Preparation, *,
     return IVFSearch.build(host, index_type=hp.index_type, metric=hp.index_metric,
                            nlists=nlists, pq_m=preparation.pq_m,
                            nprobe=hp.faiss_index_nprobe, seed=hp.seed,
-                           device="cpu" if xp is np else "gpu")
+                           device="cpu" if xp is np else "gpu", give_up=True)

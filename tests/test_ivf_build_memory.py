@@ -1,0 +1,111 @@
+"""Training gives its sample up to an IVF index: faiss is filled a chunk at a time and each
+chunk's memory is handed back, with an index byte-identical to one ``add``."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gpuknn import KNN, _backend
+from gpuknn.search import faiss_index
+from gpuknn.search.faiss_index import IVFSearch, add_chunks, index_bytes
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="madvise(MADV_DONTNEED) is Linux's")
+PAGE = 4096
+
+
+def first_whole_row(array: np.ndarray) -> int:
+    """The first row at or after the array's first page boundary."""
+    return -(-(-array.ctypes.data % PAGE) // array.strides[0])
+
+
+def resident_bytes() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * PAGE
+
+
+@linux_only
+def test_discarded_rows_leave_memory_and_read_as_zeros():
+    array = np.ones((64 << 20) // 4, dtype=np.float32).reshape(-1, 4)  # 64 MiB, touched
+    before = resident_bytes()
+    handed_back = _backend.discard_rows(array, len(array) // 2)
+    assert 31 << 20 <= handed_back <= 32 << 20
+    assert before - resident_bytes() >= 30 << 20  # the pages left this process
+    first = first_whole_row(array)
+    assert not array[first:first + handed_back // array.strides[0]].any()
+    assert array[:first].all()  # the rows that share the first page with other memory
+    assert array[len(array) // 2:].all()  # rows past ``stop`` are untouched
+
+
+@linux_only
+def test_only_whole_pages_inside_the_rows_are_discarded():
+    """A view that starts and stops inside pages: bytes before it, and the rows past
+    ``stop`` that share its last page, keep their values."""
+    base = np.arange(3 * 300_000, dtype=np.float32).reshape(-1, 3)  # 12-byte rows
+    view = base[5:]
+    stop = 200_001
+    assert _backend.discard_rows(view, stop) > 0
+    np.testing.assert_array_equal(base[:5], np.arange(15, dtype=np.float32).reshape(5, 3))
+    np.testing.assert_array_equal(view[stop:], base[5 + stop:])
+    assert (view[stop:, 0] == np.arange(5 + stop, len(base)) * 3).all()
+    kept = first_whole_row(view)  # rows that share the first page with base[:5]
+    assert kept > 0 and (view[:kept, 0] == np.arange(5, 5 + kept) * 3).all()
+
+
+@pytest.mark.parametrize("array", [np.ones((1000, 64), np.float32)[:, :32],  # not contiguous
+                                   np.frombuffer(bytes(1 << 20), np.float32).reshape(-1, 8),
+                                   np.float32(1.0)],
+                         ids=["strided", "read-only", "scalar"])
+def test_arrays_it_does_not_apply_to_are_left_alone(array):
+    copy = np.array(array, copy=True)
+    assert _backend.discard_rows(array, 10**9) == 0
+    np.testing.assert_array_equal(array, copy)
+
+
+@pytest.mark.parametrize(("n_rows", "size"), [(1, 4), (8, 4), (9, 4), (12, 4), (13, 4),
+                                              (100, 7), (65_536 * 5 + 3, None)])
+def test_chunks_cover_every_row_once_and_none_is_small(n_rows, size):
+    size_in_effect = faiss_index.ADD_CHUNK_ROWS if size is None else size
+    chunks = add_chunks(n_rows, size)
+    assert chunks[0][0] == 0 and chunks[-1][1] == n_rows
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(chunks))
+    assert all(stop - start == size_in_effect for start, stop in chunks[:-1])
+    last = chunks[-1][1] - chunks[-1][0]
+    assert last == n_rows or size_in_effect <= last <= 2 * size_in_effect
+
+
+def test_faiss_query_blocks_divide_the_chunk():
+    assert faiss_index.ADD_CHUNK_ROWS % 4096 == 0
+
+
+@pytest.mark.parametrize("metric", ["L2", "INNER_PRODUCT"])
+@pytest.mark.parametrize(("index_type", "pq_m"), [("faiss.IVFFlat", None),
+                                                  ("faiss.IVFPQ", 8)])
+def test_a_given_up_sample_makes_the_same_index(monkeypatch, index_type, pq_m, metric):
+    """Filled 4,096 rows at a time (as 65,536 are in training), the index's bytes are
+    those of one add; the sample's discarded pages read as zeros."""
+    monkeypatch.setattr(faiss_index, "ADD_CHUNK_ROWS", 4096)
+    rng = np.random.default_rng(11)
+    X = (rng.standard_normal((30_000, 32)) + rng.integers(0, 6, (30_000, 1))).astype(np.float32)
+    settings = {"index_type": index_type, "metric": metric, "nlists": 64, "pq_m": pq_m,
+                "nprobe": 4, "seed": 3}
+    kept = IVFSearch.build(X.copy(), **settings)
+    given = X.copy()
+    built = IVFSearch.build(given, **settings, give_up=True)
+    assert index_bytes(built.index) == index_bytes(kept.index)
+    if sys.platform.startswith("linux"):  # handed back: all but the last chunk's rows
+        assert not given[first_whole_row(given):20_000].any()
+
+
+def test_training_gives_the_sample_up_but_not_the_users_array():
+    """KNN.fit samples into its own buffer: the caller's X is never discarded."""
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((20_000, 16)).astype(np.float32)
+    copy = X.copy()
+    KNN(k=3, predictor_type="regressor", sample_size=len(X), index_type="faiss.IVFFlat",
+        faiss_index_ivf_nlists=32, device="cpu").fit(X, X[:, 0])
+    np.testing.assert_array_equal(X, copy)
