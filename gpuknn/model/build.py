@@ -35,8 +35,11 @@ def build_model(features: np.ndarray, labels: np.ndarray | None, ids: np.ndarray
     Parameters
     ----------
     features : ndarray of shape (n_sample, n_features), float32
-        Given up to the model: a ``faiss.Flat`` index holds it as its base (reordered in
-        place when it is partitioned), so the sample is never held twice.
+        Given up to the model, so that the sample is never held twice: a ``faiss.Flat``
+        index holds it as its base (reordered in place when it is partitioned); where the
+        preparation makes new vectors (a reduction, COSINE normalisation, IVFPQ padding,
+        a copy on the GPU), its memory is handed back once they are made, and an IVF
+        index hands back the vectors' memory as it copies them. It reads as zeros then.
     labels : ndarray of shape (n_sample,), float32, or None
     ids : ndarray of shape (n_sample,), int64
         Row numbers of the sample in the training data.
@@ -53,6 +56,7 @@ def build_model(features: np.ndarray, labels: np.ndarray | None, ids: np.ndarray
     xp = _backend.array_module(device)
     started = time.perf_counter()
     vectors = preparation.apply(_backend.to_device(features, xp), xp=xp)
+    _discard_if_copied(features, vectors)
     index = build_index(vectors, hp, preparation, xp=xp)
     logger.info("built %s (%s) over %d x %d vectors on %s in %.2f s", hp.index_type,
                 hp.index_metric, vectors.shape[0], vectors.shape[1],
@@ -60,6 +64,12 @@ def build_model(features: np.ndarray, labels: np.ndarray | None, ids: np.ndarray
     model = KNNModel(hp, preparation, index, labels, ids, device=device, rows_seen=rows_seen)
     _backend.release_free_memory()  # the build's temporaries, back to the system
     return model
+
+
+def _discard_if_copied(features: np.ndarray, vectors: Any) -> None:
+    """Hand back the raw sample's memory once the prepared vectors are a copy of it."""
+    if _backend.get_xp(vectors) is not np or not np.may_share_memory(features, vectors):
+        _backend.discard_rows(features, len(features))
 
 
 def _check_enough_rows(k: int, n_sample: int, rows_seen: int | None) -> None:

@@ -1,5 +1,6 @@
-"""Training gives its sample up to an IVF index: faiss is filled a chunk at a time and each
-chunk's memory is handed back, with an index byte-identical to one ``add``."""
+"""Training gives its sample up: an IVF index is filled a chunk at a time and each chunk's
+memory is handed back (the index byte-identical to one ``add``), and a raw sample that the
+preparation copied is handed back once it is copied; a Flat base keeps the sample itself."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpuknn import KNN, _backend
+from gpuknn import KNN, KNNModel, _backend
+from gpuknn.hyperparameters import parse
+from gpuknn.model.build import build_model
 from gpuknn.search import faiss_index
 from gpuknn.search.faiss_index import IVFSearch, add_chunks, index_bytes
 
@@ -109,3 +112,41 @@ def test_training_gives_the_sample_up_but_not_the_users_array():
     KNN(k=3, predictor_type="regressor", sample_size=len(X), index_type="faiss.IVFFlat",
         faiss_index_ivf_nlists=32, device="cpu").fit(X, X[:, 0])
     np.testing.assert_array_equal(X, copy)
+
+
+def build(features: np.ndarray, **settings) -> KNNModel:
+    hp = parse({"k": 5, "predictor_type": "classifier", "sample_size": len(features),
+                **settings})
+    labels = (np.arange(len(features)) % 3).astype(np.float32)
+    return build_model(features, labels, np.arange(len(features)), hp)
+
+
+@pytest.mark.parametrize("settings", [
+    {"dimension_reduction_type": "sign", "dimension_reduction_target": 8},
+    {"dimension_reduction_type": "fjlt", "dimension_reduction_target": 8},
+    {"index_metric": "COSINE"},
+    {"index_type": "faiss.IVFPQ", "faiss_index_pq_m": 16, "faiss_index_ivf_nlists": 16},
+], ids=["sign", "fjlt", "cosine", "ivfpq-padded"])
+def test_a_copied_raw_sample_is_handed_back_and_answers_stay(settings):
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((6_000, 24)).astype(np.float32)
+    kept = build(X.copy(), **settings)
+    given = X.copy()
+    model = build(given, **settings)
+    if sys.platform.startswith("linux"):
+        assert not given[first_whole_row(given):-1024].any()
+    queries = rng.standard_normal((50, 24)).astype(np.float32)
+    for got, want in zip(model.kneighbors(queries), kept.kneighbors(queries), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_a_flat_base_keeps_the_sample_it_was_given():
+    """Without a preparation copy the sample becomes the base: nothing is discarded."""
+    rng = np.random.default_rng(8)
+    X = rng.standard_normal((6_000, 24)).astype(np.float32)
+    given = X.copy()
+    model = build(given, index_type="faiss.Flat")
+    assert np.shares_memory(model.index.vectors, given)
+    np.testing.assert_array_equal(np.sort(given, axis=0), np.sort(X, axis=0))
+    _, ids = model.kneighbors(X[:20])
+    np.testing.assert_array_equal(ids[:, 0], np.arange(20))  # each row its own neighbour
