@@ -289,7 +289,7 @@ def check_results(w: Workload, fitted: Fitted) -> dict[str, Any]:
     d_gk, i_gk = fitted.gpuknn.kneighbors(w.Q)
     _, i_sk = fitted.sklearn.kneighbors(w.Q)
     p_faiss = faiss_vote(i_faiss, fitted.faiss.label_classes, fitted.faiss.classes)
-    p_gk = fitted.gpuknn.model.predict(w.Q)
+    p_gk = fitted.gpuknn.predict(w.Q)
     p_sk = fitted.sklearn.predict(w.Q)
     sets_gk, sets_sk = same_sets(i_gk, i_faiss), same_sets(i_sk, i_faiss)
     agree = untied & sets_gk

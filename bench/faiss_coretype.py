@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np  # numpy's OpenBLAS initialises here, with the detected core type
 
+if len(sys.argv) > 2 or (len(sys.argv) == 2 and sys.argv[1].startswith("-")):
+    sys.exit("usage: python bench/faiss_coretype.py [OPENBLAS_CORETYPE]  (e.g. Prescott)")
 CORETYPE = sys.argv[1] if len(sys.argv) > 1 else None
 if CORETYPE:
     os.environ["OPENBLAS_CORETYPE"] = CORETYPE  # seen by faiss's OpenBLAS only

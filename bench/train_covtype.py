@@ -77,12 +77,13 @@ timed. Then:
 From each job's output the script reads the metric lines with SageMaker's own
 regular expressions (``#throughput_metric: host=\\S+, train throughput=(\\S+)
 records/second`` and ``#quality_metric: host=\\S+, test accuracy <score>=(\\S+)``)
-and the phases from the ``logger.info`` lines of ``gpuknn/train.py`` and
-``gpuknn/estimator.py``: reading + sampling (``sampled ... in X s``), index build
-(``built ... in X s``), model write (``Model written ... in X s``), test scoring
-(``Scored ... in X s``) and the job inside Python (``Job finished in X s``). Start-up
-(``Popen`` to the first log line: interpreter, imports, configuration) and exit (last
-log line to the process's end) come from the log's millisecond timestamps.
+and the phases from the ``logger.info`` lines of ``gpuknn/train.py``,
+``gpuknn/estimator.py`` and ``gpuknn/model/build.py``: reading + sampling (``sampled ...
+in X s``), index build (``built ... in X s``), model write (``Model written ... in X
+s``), test scoring (``Scored ... in X s``) and the job inside Python (``Job finished
+in X s``). Start-up (``Popen`` to the first log line: interpreter, imports,
+configuration) and exit (last log line to the process's end) come from the log's
+millisecond timestamps.
 
 Records/s are given two ways: the container's figure as printed (records read /
 ``KNN.fit`` time, which includes the index build, as gpuknn prints it) and records

@@ -188,8 +188,9 @@ def discard_rows(array: Any, stop: int) -> int:
     Parameters
     ----------
     array : ndarray of shape (n_rows, ...)
-        C-contiguous and writable (a read-only array, a shared object store's for one, is
-        left alone), on the host.
+        C-contiguous and writable, and numpy's own memory (or a view of it): anything else
+        (a read-only array such as a shared object store's, a memory-mapped file, another
+        library's buffer) is left alone.
     stop : int
         Rows ``[0, stop)`` are discarded.
 
@@ -199,14 +200,15 @@ def discard_rows(array: Any, stop: int) -> int:
         Bytes handed back: 0 off Linux, or for an array this does not apply to.
     """
     madvise = getattr(_libc(), "madvise", None) if sys.platform.startswith("linux") else None
-    if madvise is None or not isinstance(array, np.ndarray) or array.ndim == 0 or \
-            not array.flags.c_contiguous or not array.flags.writeable:
+    if madvise is None or not _private_rows(array):
         return 0
     import ctypes  # noqa: PLC0415 - loaded by _libc already
     import mmap  # noqa: PLC0415
 
+    # A row's bytes from its shape: with a single row, numpy allows any strides[0].
+    row_bytes = array.itemsize * int(np.prod(array.shape[1:]))
     begin = array.ctypes.data
-    end = begin + min(max(stop, 0), len(array)) * array.strides[0]
+    end = begin + min(max(stop, 0), len(array)) * row_bytes
     first = -(-begin // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages inside the rows only
     last = end // mmap.PAGESIZE * mmap.PAGESIZE
     if last <= first:
@@ -214,3 +216,15 @@ def discard_rows(array: Any, stop: int) -> int:
     done = madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first),
                    ctypes.c_int(MADV_DONTNEED))
     return last - first if done == 0 else 0
+
+
+def _private_rows(array: Any) -> bool:
+    """A C-contiguous, writable numpy array of rows whose memory numpy itself allocated
+    (the array, or the array it is a view of, owns its data)."""
+    if not isinstance(array, np.ndarray) or array.ndim == 0 or \
+            not array.flags.c_contiguous or not array.flags.writeable:
+        return False
+    owner = array
+    while isinstance(owner.base, np.ndarray):
+        owner = owner.base
+    return owner.base is None and owner.flags.owndata and not isinstance(owner, np.memmap)

@@ -108,7 +108,9 @@ class KNN:
         hp = self.hyperparameters
         sampler = ReservoirSampler(hp.sample_size, seed=hp.seed)
         for features, labels in self._batches(X, y, content_type, label_size):
-            sampler.add(densify(features, hp) if sp.issparse(features) else features, labels)
+            if sp.issparse(features):
+                features = densify(features, hp.feature_dim)  # noqa: PLW2901 - one batch
+            sampler.add(features, labels)
         features, labels, ids = sampler.result(take=True)
         if labels is None and _is_source(X):
             raise DataError(f"{io.sources.name_of(X)}: the training data has no labels "

@@ -74,10 +74,3 @@ def squared_norms(X: Any, *, xp: ModuleType = np, block_rows: int = 1 << 16) -> 
         block = X[start:start + block_rows]
         norms[start:start + len(block)] = (block * block).sum(axis=1)
     return norms
-
-
-def faiss_metric(metric: str) -> int:
-    """The faiss metric constant used to index vectors for ``metric``."""
-    import faiss  # noqa: PLC0415 - faiss is optional; imported by callers that need it
-
-    return faiss.METRIC_L2 if metric == "L2" else faiss.METRIC_INNER_PRODUCT

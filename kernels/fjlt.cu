@@ -1,7 +1,7 @@
 // Fast Johnson-Lindenstrauss transform of rows, fused: sign flip, Walsh-Hadamard
 // transform over the padded dimension, subsampling and scaling, one pass over memory.
 //
-// numpy twin: gpuknn.reduction.FJLT.transform (and walsh_hadamard). The butterfly runs
+// numpy twin: gpuknn.model.reduction.FJLT.transform (and walsh_hadamard). The butterfly runs
 // the same additions in the same order as the twin (half = 1, 2, 4, ...), so the two
 // agree to the last bit.
 //

@@ -1,6 +1,6 @@
 // Mean label of the found neighbours of every query (the regressor's prediction).
 //
-// numpy twin: gpuknn.predict.mean_labels. Sums in double precision; a query without
+// numpy twin: gpuknn.model.predict.mean_labels. Sums in double precision; a query without
 // any found neighbour gets NaN.
 //
 // One warp per query: the lanes stride over the k neighbours (coalesced reads of the

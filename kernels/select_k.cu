@@ -1,6 +1,6 @@
 // The k smallest scores of every row, smallest first, ties to the smaller column.
 //
-// numpy twin: gpuknn.topk.select_k (float32 scores, no NaN). Optional column offsets
+// numpy twin: gpuknn.search.topk.select_k (float32 scores, no NaN). Optional column offsets
 // (exact search's |x|^2) are added to every row as it is read: the same float32 sums as
 // adding them to the tile first, without that extra pass over the tile.
 //

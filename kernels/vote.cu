@@ -1,6 +1,6 @@
 // Majority vote of the k neighbours of every query.
 //
-// numpy twin: gpuknn.predict.vote_counts (counts) and gpuknn.predict.majority (the
+// numpy twin: gpuknn.model.predict.vote_counts (counts) and gpuknn.model.predict.majority (the
 // class with the most votes, ties to the smallest class index).
 //
 // One block per query. The block counts its query's neighbour classes in shared memory

@@ -23,7 +23,7 @@ import pytest
 from test_train import blobs, channel, data_dir, environment, write_job
 
 from gpuknn import KNN, KNNModel
-from gpuknn.model import files as model_files
+from gpuknn.model import layout
 
 ray = pytest.importorskip("ray", reason="the distributed tests need Ray: pip install "
                                         "'gpuknn[ray]'")
@@ -251,7 +251,7 @@ def test_a_corrupt_file_on_one_host_fails_every_host_with_its_error(tmp_path):
         failure = failure_of(root)
         assert "algo-2" in failure and "zz-broken.csv" in failure and "line 2" in failure, \
             failure
-        assert not (root / "model" / model_files.METADATA).exists()
+        assert not (root / "model" / layout.METADATA).exists()
         assert "Traceback" not in failure
 
 
@@ -271,7 +271,7 @@ def test_a_host_killed_while_sampling_fails_the_leader_within_the_timeout(tmp_pa
     assert time.monotonic() - killed_at < 60
     failure = failure_of(roots[0])
     assert "algo-2 was lost while sampling its part" in failure, failure
-    assert not (roots[0] / "model" / model_files.METADATA).exists()
+    assert not (roots[0] / "model" / layout.METADATA).exists()
 
 
 def start_with_a_pipe_on_algo_2(base: Path, shared_model: bool = False):
@@ -287,7 +287,7 @@ def start_with_a_pipe_on_algo_2(base: Path, shared_model: bool = False):
     os.mkfifo(pipe)
     if shared_model:
         (roots[1] / "model").mkdir()
-        (roots[1] / "model" / model_files.METADATA).write_text("{}")
+        (roots[1] / "model" / layout.METADATA).write_text("{}")
     env = job_environment(free_port(), timeout_s=30)
     processes = start_host(roots[0], env), start_host(roots[1], env)
     stop = threading.Event()
@@ -355,4 +355,4 @@ def test_sigterm_to_the_leader_stops_every_host_cleanly(tmp_path):
     assert time.monotonic() - stopped_at < 45
     assert "Training was stopped (SIGTERM)" in failure_of(roots[0])
     assert "the leader algo-1 was stopped (SIGTERM)" in failure_of(roots[1])
-    assert (roots[1] / "model" / model_files.METADATA).exists()
+    assert (roots[1] / "model" / layout.METADATA).exists()

@@ -31,7 +31,7 @@ from gpuknn.io import records
 from gpuknn.io._record import messages
 from gpuknn.io.limits import GZIP_RATIO_VARIABLE, MAX_JSON_DEPTH
 from gpuknn.io.recordio import frame
-from gpuknn.model import files as model_files
+from gpuknn.model import layout
 
 RECORDIO = "application/x-recordio-protobuf"
 MIB = 1 << 20
@@ -356,8 +356,8 @@ def archive_with(model_dir: Path, target: Path, lie: tarfile.TarInfo, data: byte
                  *, metadata_first: bool) -> Path:
     """The model as a .tar.gz holding its metadata and ``lie`` over ``data`` (which may be
     shorter than ``lie`` declares: the archive then ends there)."""
-    metadata = (model_dir / model_files.METADATA).read_bytes()
-    info = tarfile.TarInfo(model_files.METADATA)
+    metadata = (model_dir / layout.METADATA).read_bytes()
+    info = tarfile.TarInfo(layout.METADATA)
     info.size = len(metadata)
     parts = [member(info, metadata), member(lie, data)]
     target.write_bytes(gzip.compress(b"".join(parts if metadata_first else parts[::-1])))
@@ -367,11 +367,11 @@ def archive_with(model_dir: Path, target: Path, lie: tarfile.TarInfo, data: byte
 @pytest.mark.parametrize("metadata_first", [True, False])
 def test_a_member_claiming_a_terabyte_is_refused_before_reading(model_dir, tmp_path,
                                                                   metadata_first):
-    lie = tarfile.TarInfo(model_files.INDEX)
+    lie = tarfile.TarInfo(layout.INDEX)
     lie.size = 1 << 40
     path = archive_with(model_dir, tmp_path / "model.tar.gz", lie, bytes(512),
                         metadata_first=metadata_first)
-    with pytest.raises(ModelFileError, match=f"archive member '{model_files.INDEX}' declares "
+    with pytest.raises(ModelFileError, match=f"archive member '{layout.INDEX}' declares "
                                              f"{1 << 40} bytes"):
         KNNModel.load(path)
 
@@ -380,19 +380,19 @@ def test_a_member_claiming_a_terabyte_is_refused_before_reading(model_dir, tmp_p
 def test_a_sparse_member_is_refused(model_dir, tmp_path):
     staging = tmp_path / "staging"
     shutil.copytree(model_dir, staging)
-    with open(staging / model_files.INDEX, "r+b") as handle:
+    with open(staging / layout.INDEX, "r+b") as handle:
         handle.truncate(10 << 30)  # 10 GiB of holes, nothing on disk
     path = tmp_path / "model.tar.gz"
-    subprocess.run(["tar", "-czSf", str(path), "-C", str(staging), model_files.METADATA,
-                    model_files.INDEX], check=True)
+    subprocess.run(["tar", "-czSf", str(path), "-C", str(staging), layout.METADATA,
+                    layout.INDEX], check=True)
     assert path.stat().st_size < MIB
-    with pytest.raises(ModelFileError, match=f"refusing archive member '{model_files.INDEX}'"):
+    with pytest.raises(ModelFileError, match=f"refusing archive member '{layout.INDEX}'"):
         KNNModel.load(path)
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_serve_exits_1_with_the_reason_for_a_lying_archive(model_dir, tmp_path, workers):
-    lie = tarfile.TarInfo(model_files.INDEX)
+    lie = tarfile.TarInfo(layout.INDEX)
     lie.size = 1 << 40
     path = archive_with(model_dir, tmp_path / "model.tar.gz", lie, bytes(512),
                         metadata_first=True)
@@ -404,18 +404,18 @@ def test_serve_exits_1_with_the_reason_for_a_lying_archive(model_dir, tmp_path, 
 def test_duplicated_members_are_refused(model_dir, tmp_path):
     path = tmp_path / "model.tar.gz"
     with tarfile.open(path, "w:gz") as archive:
-        for name in (model_files.METADATA, model_files.INDEX, model_files.INDEX):
+        for name in (layout.METADATA, layout.INDEX, layout.INDEX):
             archive.add(model_dir / name, arcname=name)
-    with pytest.raises(ModelFileError, match=f"member '{model_files.INDEX}' appears twice"):
+    with pytest.raises(ModelFileError, match=f"member '{layout.INDEX}' appears twice"):
         KNNModel.load(path)
 
 
 # -- 7. a model that cannot serve stops the server, whatever the worker count -------------------
 def edited_copy(model_dir: Path, target: Path, **changes) -> Path:
     shutil.copytree(model_dir, target)
-    meta = json.loads((target / model_files.METADATA).read_text())
+    meta = json.loads((target / layout.METADATA).read_text())
     meta.update(changes)
-    (target / model_files.METADATA).write_text(json.dumps(meta))
+    (target / layout.METADATA).write_text(json.dumps(meta))
     return target
 
 
@@ -490,7 +490,7 @@ def test_reduction_npz_that_declares_more_than_it_holds(letter, tmp_path):
     npz = io.BytesIO()
     with zipfile.ZipFile(npz, "w") as archive:  # stored, as np.savez writes it
         archive.writestr("signs.npy", npy.getvalue() + bytes(128))
-    forge_file(path, model_files.REDUCTION, npz.getvalue())
+    forge_file(path, layout.REDUCTION, npz.getvalue())
     with pytest.raises(ModelFileError, match="declares"):
         KNNModel.load(path)
 
@@ -500,17 +500,17 @@ def forge_file(path: Path, name: str, data: bytes) -> None:
     import hashlib
 
     (path / name).write_bytes(data)
-    meta = json.loads((path / model_files.METADATA).read_text())
+    meta = json.loads((path / layout.METADATA).read_text())
     meta["files"][name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    (path / model_files.METADATA).write_text(json.dumps(meta))
+    (path / layout.METADATA).write_text(json.dumps(meta))
 
 
 def test_a_crafted_flat_index_cannot_make_the_loader_allocate(model_dir, tmp_path):
     path = tmp_path / "model"
     shutil.copytree(model_dir, path)
-    data = bytearray((path / model_files.INDEX).read_bytes())
+    data = bytearray((path / layout.INDEX).read_bytes())
     data[37:45] = (1 << 39).to_bytes(8, "little")  # the value count: 2 TiB of floats
-    forge_file(path, model_files.INDEX, bytes(data))
+    forge_file(path, layout.INDEX, bytes(data))
     with pytest.raises(ModelFileError, match="declares 549755813888 values"):
         KNNModel.load(path)
 

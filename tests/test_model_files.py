@@ -21,6 +21,7 @@ from threadpoolctl import threadpool_limits
 
 from gpuknn import KNN, ClientError, KNNModel, ModelFileError
 from gpuknn.model import files as model_files
+from gpuknn.model import layout
 
 JSON = "model_algo-1.json"
 INDEX = "model_algo-1"
@@ -318,6 +319,15 @@ def test_edited_k_and_predictor_type_take_effect(saved, small_model, queries, k,
         np.testing.assert_array_equal(loaded.predict(queries), votes.argmax(axis=1))
 
 
+def test_rows_seen_of_null_counts_the_indexed_rows(saved, small_model, queries):
+    """The schema allows null (as KNNModel(rows_seen=None) does): it loads, and verifies."""
+    edit_meta(saved, rows_seen=None)
+    assert model_files.verify(saved)["rows_seen"] is None
+    loaded = load(saved)
+    assert loaded.rows_seen == loaded.n_indexed == small_model.n_indexed
+    assert_same_answers(loaded, small_model, queries)
+
+
 def test_edited_k_in_an_archive_takes_effect(tmp_path, saved, queries):
     edit_meta(saved, k=9, predictor_type="regressor")
     with tarfile.open(tmp_path / "edited.tar.gz", "w:gz") as archive:
@@ -388,7 +398,7 @@ CORRUPTIONS = [
     pytest.param(_write(JSON, b"[1, 2, 3]"), JSON, id="json-not-an-object"),
     pytest.param(_write(JSON, b""), JSON, id="empty-json"),
     pytest.param(_write(JSON, b" " * (1 << 20) + b"{}"), JSON, id="huge-json"),
-    pytest.param(_meta(format_version=model_files.FORMAT_VERSION + 1), JSON,
+    pytest.param(_meta(format_version=layout.FORMAT_VERSION + 1), JSON,
                  id="newer-format-version"),
     pytest.param(_meta(format_version="1"), JSON, id="format-version-string"),
     pytest.param(_meta(format="something-else"), JSON, id="other-format"),

@@ -24,7 +24,7 @@ import pytest
 import scipy.sparse as sp
 
 from gpuknn import KNN, KNNModel, io
-from gpuknn.model import files as model_files
+from gpuknn.model import layout
 
 # SageMaker's metric definitions for the k-NN algorithm, verbatim.
 METRIC_REGEXES = {
@@ -190,8 +190,8 @@ def test_letter_classifier_scores_the_reference_accuracy(tmp_path, letter):
     assert metrics == {"test:accuracy": 0.9565, "train:records": 16000.0,
                        "train:sample_size": 16000.0,
                        "train:throughput": metric(result.stdout, "train:throughput")}
-    assert files_in_model(root) == sorted([model_files.INDEX, model_files.LABELS, model_files.IDS,
-                                        model_files.FLAT, model_files.METADATA])
+    assert files_in_model(root) == sorted([layout.INDEX, layout.LABELS, layout.IDS,
+                                        layout.FLAT, layout.METADATA])
     model = KNNModel.load(root / "model", device="cpu")
     assert (model.k, model.predictor_type, model.n_indexed, model.feature_dim) == (
         1, "classifier", 16000, 16)
@@ -506,7 +506,7 @@ def test_failures_leave_a_reason_and_no_model(tmp_path, setup):
     needles = setup(root)
     stale = KNN(k=1, predictor_type="classifier", sample_size=10, device="cpu")
     stale.fit(TRAIN_X, TRAIN_Y).fitted_model.save(root / "model")  # an earlier run's model
-    assert model_files.METADATA in files_in_model(root)
+    assert layout.METADATA in files_in_model(root)
 
     result = run_train(root)
 

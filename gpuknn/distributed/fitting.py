@@ -59,7 +59,7 @@ def sample_part(part: parts_.Part, name: str, content_type: str, hyperparameters
     if parse_content_type(content_type)[0] == CSV:
         batches = describe_csv(batches, f"{name}: {part.path()}", hp.feature_dim)
     for X, y in batches:
-        sampler.add(densify(X, hp) if sp.issparse(X) else X, y)
+        sampler.add(densify(X, hp.feature_dim) if sp.issparse(X) else X, y)
     if sampler.rows_seen == 0:
         return HostSample(part.rank, part.hosts, name, 0, how, None, None,
                           np.empty(0, dtype=np.int64), parts_.listing(part))

@@ -16,7 +16,6 @@ import scipy.sparse as sp
 
 from gpuknn import _backend
 from gpuknn.errors import DataError, HyperparameterError
-from gpuknn.hyperparameters import Hyperparameters
 from gpuknn.io.text import label_column_hint
 
 logger = logging.getLogger("gpuknn")
@@ -70,8 +69,18 @@ def _check_csv_layout(width: int, labelled: bool, name: str, feature_dim: int | 
                                f"features per row ({columns}).{hint}"])
 
 
-def densify(features: sp.spmatrix, hp: Hyperparameters) -> np.ndarray:
+def densify(features: sp.spmatrix, feature_dim: int | str = "auto") -> np.ndarray:
     """A sparse batch as a dense array, refused before allocating when it cannot fit.
+
+    Parameters
+    ----------
+    features : scipy.sparse matrix of shape (n_rows, width)
+    feature_dim : int or "auto"
+        The ``feature_dim`` hyperparameter, checked against ``width``.
+
+    Returns
+    -------
+    ndarray of shape (n_rows, width)
 
     Raises
     ------
@@ -81,8 +90,8 @@ def densify(features: sp.spmatrix, hp: Hyperparameters) -> np.ndarray:
         When the dense batch would need more memory than is available.
     """
     rows, width = features.shape
-    if hp.feature_dim not in ("auto", width):
-        raise HyperparameterError([f"'feature_dim' is {hp.feature_dim} but the sparse data's "
+    if feature_dim not in ("auto", width):
+        raise HyperparameterError([f"'feature_dim' is {feature_dim} but the sparse data's "
                                    f"shape is [{width}]"])
     needed = rows * width * 4
     available = _backend.available_memory()

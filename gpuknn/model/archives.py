@@ -1,8 +1,9 @@
 """Model archives (``model.tar.gz``): read member by member, or unpacked once into a cache.
 
 An archive is unpacked once, member by member, into a cache directory
-(:func:`unpacked`: ``.gpuknn-models/`` beside it, else ``$GPUKNN_MODEL_CACHE`` or
-``~/.cache/gpuknn/models``), and loaded from there like a directory, so that its
+(:func:`unpacked`: the one named, else ``$GPUKNN_MODEL_CACHE``, else ``.gpuknn-models/``
+beside it and then ``~/.cache/gpuknn/models``, the first writable), and loaded from there
+like a directory, so that its
 index is mapped too. Every member is checked before a byte of it is written: links,
 devices, absolute paths and ``..`` are refused, so nothing is ever written outside
 the cache. Where no cache is writable, the archive is read into memory instead

@@ -269,7 +269,9 @@ def _model_from_files(files: dict[str, bytes], *, device: str, origin: Path,
     if index.ntotal != ntotal or index.dim != prep.index_dim:
         raise ModelFileError(f"{origin / INDEX}: index holds {index.ntotal} x {index.dim} "
                              f"vectors; {METADATA} says {ntotal} x {prep.index_dim}")
-    return ModelParts(hp, prep, index, labels, ids, int(meta["rows_seen"]), device)
+    rows_seen = meta["rows_seen"]  # null in a hand-edited file: the indexed rows then
+    return ModelParts(hp, prep, index, labels, ids,
+                      len(ids) if rows_seen is None else int(rows_seen), device)
 
 
 def _check_dimensions(prep: Preparation, origin: Path) -> None:

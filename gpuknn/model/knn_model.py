@@ -320,7 +320,7 @@ class KNNModel:
         """Write the model to a directory, or to a ``.tar.gz`` / ``.tgz`` archive.
 
         The write is atomic: a crash never leaves a half-written model behind.
-        See :mod:`gpuknn.model.files` for the files.
+        See :mod:`gpuknn.model.layout` for the files.
         """
         return model_files.save(self.parts(), path)
 
@@ -332,7 +332,7 @@ class KNNModel:
         A ``faiss.Flat`` or IVF index in a directory is memory-mapped, so processes that
         load one model share its pages. A ``.tar.gz`` is unpacked once, into
         ``cache_dir`` (default ``$GPUKNN_MODEL_CACHE``, else ``.gpuknn-models/`` beside
-        it), and mapped from there (:func:`gpuknn.model.files.unpacked`).
+        it), and mapped from there (:func:`gpuknn.model.archives.unpacked`).
         """
         return cls.from_parts(model_files.load(path, device=device, cache_dir=cache_dir))
 

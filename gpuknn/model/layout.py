@@ -42,32 +42,16 @@ from gpuknn._version import __version__
 from gpuknn.errors import ModelFileError
 
 FORMAT = "gpuknn-model"
-
-
 FORMAT_VERSION = 3
-
-
 # Format 1 (gpuknn before the partition was stored) still loads: a large Flat L2 base then
 # runs k-means again at every load, and the log says so. Format 2 stored the partition
 # but kept the index in sample order, and no norms: its base is reordered when loaded.
 READABLE_VERSIONS = (1, 2, 3)
-
-
 PREFIX = "model_algo-1"
-
-
 INDEX, LABELS, IDS = PREFIX, f"{PREFIX}.labels", f"{PREFIX}.ids"
-
-
 REDUCTION, METADATA = f"{PREFIX}.reduction.npz", f"{PREFIX}.json"
-
-
 PARTITION, FLAT = f"{PREFIX}.partition.npz", f"{PREFIX}.flat.npz"
-
-
 KNOWN_FILES = (INDEX, LABELS, IDS, REDUCTION, PARTITION, FLAT, METADATA)
-
-
 MAX_METADATA_BYTES = 1 << 20
 
 

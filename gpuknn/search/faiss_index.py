@@ -16,14 +16,14 @@ import numpy as np
 
 from gpuknn import _backend
 from gpuknn.errors import DataError, DependencyError, ModelFileError, first_line
-from gpuknn.metrics import MISSING_INDEX, faiss_metric, missing_distance
+from gpuknn.metrics import MISSING_INDEX, missing_distance
 from gpuknn.search.faiss_gpu import GPU_MAX_K, GpuIVF, faiss_has_gpu
 
 log = logging.getLogger(__name__)
 
 PQ_BITS = 8
-# Rows added to an index at a time when training gives its sample up: a multiple of
-# faiss's own query blocks (4,096 rows), so the filled index is byte-identical to one add.
+# Rows copied into an index at a time when training gives its sample up (32 MiB of
+# 128-d float32): the sample and the lists overlap by at most this much.
 ADD_CHUNK_ROWS = 65_536
 
 
@@ -50,7 +50,8 @@ def _add(index: Any, vectors: np.ndarray, *, give_up: bool) -> None:
 def add_chunks(n_rows: int, size: int | None = None) -> list[tuple[int, int]]:
     """``(start, stop)`` of the chunks an index is filled in: ``size`` rows
     (:data:`ADD_CHUNK_ROWS`) each, the last between ``size`` and ``2 * size`` (or all
-    ``n_rows``), so that no chunk is small enough for faiss to take its non-BLAS path."""
+    ``n_rows``). faiss encodes fewer than 20 rows without BLAS (a PQ code could then
+    differ in its last bit of rounding); no chunk is that small unless the sample is."""
     size = ADD_CHUNK_ROWS if size is None else size
     bounds, start = [], 0
     while n_rows - start > 2 * size:
@@ -251,7 +252,7 @@ def _untrained_index(faiss: ModuleType, shape: tuple[int, int], *, index_type: s
     if nlists > n_base:
         raise DataError(f"faiss_index_ivf_nlists={nlists} is larger than the number of "
                         f"sampled rows ({n_base}); use at most {n_base} or \"auto\"")
-    mtype = faiss_metric(metric)
+    mtype = faiss.METRIC_L2 if metric == "L2" else faiss.METRIC_INNER_PRODUCT  # COSINE: IP
     quantizer = faiss.IndexFlat(dim, mtype)
     if index_type == "faiss.IVFPQ":
         if n_base < 2**PQ_BITS:
