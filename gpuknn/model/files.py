@@ -251,8 +251,8 @@ def _from_archive(archive: Path, device: str, cache_dir: str | Path | None, *,
 
 def _model_from_files(files: dict[str, bytes], *, device: str, origin: Path,
                       build: bool = True) -> ModelParts | dict[str, Any]:
-    """The model of checked files; with ``build`` False, every check and, instead of the
-    model, its metadata."""
+    """The model parts of checked files; with ``build`` False, every check and, instead of
+    the parts, the metadata."""
     meta = read_metadata(files, origin)
     _verify_checksums(files, meta, origin)
     hp = _hyperparameters(meta, origin)
