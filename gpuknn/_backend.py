@@ -177,7 +177,7 @@ def release_free_memory() -> None:
 MADV_DONTNEED = 4  # Linux's value on every architecture gpuknn runs on
 
 
-def discard_rows(array: Any, stop: int) -> int:
+def discard_rows(array: Any, stop: int, *, done: int = 0) -> int:
     """Hand back to the system the memory of rows ``[0, stop)`` of an array that nothing
     will read again; those rows read as zeros afterwards.
 
@@ -193,6 +193,9 @@ def discard_rows(array: Any, stop: int) -> int:
         library's buffer) is left alone.
     stop : int
         Rows ``[0, stop)`` are discarded.
+    done : int
+        Rows ``[0, done)`` were discarded by an earlier call: their pages are not visited
+        again (a page they share with row ``done`` is, being given up too).
 
     Returns
     -------
@@ -210,12 +213,14 @@ def discard_rows(array: Any, stop: int) -> int:
     begin = array.ctypes.data
     end = begin + min(max(stop, 0), len(array)) * row_bytes
     first = -(-begin // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages inside the rows only
+    resume = (begin + min(max(done, 0), stop) * row_bytes) // mmap.PAGESIZE * mmap.PAGESIZE
+    first = max(first, resume)
     last = end // mmap.PAGESIZE * mmap.PAGESIZE
     if last <= first:
         return 0
-    done = madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first),
-                   ctypes.c_int(MADV_DONTNEED))
-    return last - first if done == 0 else 0
+    status = madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first),
+                     ctypes.c_int(MADV_DONTNEED))
+    return last - first if status == 0 else 0
 
 
 def _private_rows(array: Any) -> bool:

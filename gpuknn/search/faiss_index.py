@@ -27,7 +27,7 @@ PQ_BITS = 8
 ADD_CHUNK_ROWS = 65_536
 
 
-def _add(index: Any, vectors: np.ndarray, *, give_up: bool) -> None:
+def _add(faiss: ModuleType, index: Any, vectors: np.ndarray, *, give_up: bool) -> None:
     """Add ``vectors`` to a trained index; given up, in chunks whose memory is handed back
     as soon as faiss has copied them.
 
@@ -39,12 +39,11 @@ def _add(index: Any, vectors: np.ndarray, *, give_up: bool) -> None:
     if not give_up:
         index.add(vectors)
         return
-    faiss = require_faiss()
     lists = np.ascontiguousarray(index.quantizer.assign(vectors, 1).reshape(-1), np.int64)
     for start, stop in add_chunks(len(vectors)):
         index.add_core(stop - start, faiss.swig_ptr(vectors[start:stop]), None,
                        faiss.swig_ptr(lists[start:stop]))
-        _backend.discard_rows(vectors, stop)
+        _backend.discard_rows(vectors, stop, done=start)
 
 
 def add_chunks(n_rows: int, size: int | None = None) -> list[tuple[int, int]]:
@@ -157,7 +156,7 @@ class IVFSearch:
                 log.warning("faiss-gpu could not build the %s index (%s); building it on "
                             "the CPU", index_type, first_line(err))
         index.train(vectors)
-        _add(index, vectors, give_up=give_up)
+        _add(faiss, index, vectors, give_up=give_up)
         return cls(index, metric, nprobe)
 
     def to_device(self, device: str) -> IVFSearch:
