@@ -149,6 +149,24 @@ def available_memory() -> int | None:
     return None
 
 
+def device_free_memory() -> int | None:
+    """Free bytes on the current GPU as the driver reports them, None without a GPU."""
+    cupy = _cupy()
+    if cupy is None:
+        return None
+    return int(cupy.cuda.runtime.memGetInfo()[0])
+
+
+def release_device_memory() -> None:
+    """Hand the GPU memory that CuPy's pools keep for reuse back to the driver (a no-op
+    without a GPU). A multi-model server calls it after unloading a model, so that the
+    device memory the model held really returns."""
+    cupy = _cupy()
+    if cupy is not None:
+        cupy.get_default_memory_pool().free_all_blocks()
+        cupy.get_default_pinned_memory_pool().free_all_blocks()
+
+
 @functools.lru_cache(maxsize=1)
 def _libc() -> Any:
     """The C library (for ``malloc_trim`` and ``madvise``), or None where it is not found."""

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import textwrap
 from collections.abc import Sequence
 
+from gpuknn import logs
 from gpuknn._version import __version__
 from gpuknn.errors import ClientError
 from gpuknn.hyperparameters import INDEX_TYPES
@@ -161,10 +161,20 @@ the model, and GET /execution-parameters answers batch transform when SAGEMAKER_
 is true. Requests that arrive together are searched together. SIGTERM finishes the
 requests in flight and exits 0; a model that cannot be loaded exits 1.
 
+With --multi-model (or SAGEMAKER_MULTI_MODEL=true, as SageMaker sets it for a multi-model
+endpoint) the server starts with no model and keeps SageMaker's multi-model contract:
+POST /models {"model_name": ..., "url": ...} loads a model directory or .tar.gz, GET
+/models lists them, GET and DELETE /models/NAME describe and unload one, and POST
+/models/NAME/invoke (or /invocations with the header X-Amzn-SageMaker-Target-Model:
+NAME) answers as /invocations does. A model that would not fit --max-models-mb is
+refused with 507.
+
 environment:
   SAGEMAKER_BIND_TO_PORT        port without --port (else 8080)
   SAGEMAKER_MAX_PAYLOAD_IN_MB   payload limit without --max-payload-mb (else 6)
   SAGEMAKER_BATCH               'true' enables GET /execution-parameters
+  SAGEMAKER_MULTI_MODEL         'true' is --multi-model
+  GPUKNN_MAX_MODELS_MB          the budget without --max-models-mb
   GPUKNN_ML_ROOT                ml root without --ml-root (else /opt/ml)"""
 
 SERVE_EXAMPLES = """
@@ -172,7 +182,11 @@ examples:
   gpuknn serve --model model.tar.gz --port 8080
   curl localhost:8080/ping
   curl -H 'Content-Type: text/csv' --data-binary @queries.csv \\
-      localhost:8080/invocations"""
+      localhost:8080/invocations
+  gpuknn serve --multi-model --max-models-mb 4096
+  curl -d '{"model_name": "a", "url": "/opt/ml/models/a/model"}' localhost:8080/models
+  curl -H 'Content-Type: text/csv' --data-binary @queries.csv \\
+      localhost:8080/models/a/invoke"""
 
 
 def _add_serve(commands) -> None:
@@ -203,6 +217,13 @@ def _add_serve(commands) -> None:
                             "default is SageMaker's invocation timeout")
     serve.add_argument("--access-log", action="store_true",
                        help="log every request (default: off)")
+    serve.add_argument("--multi-model", action="store_true",
+                       help="start with no model and serve SageMaker's multi-model contract "
+                            "(/models); also when $SAGEMAKER_MULTI_MODEL is true")
+    serve.add_argument("--max-models-mb", type=_positive_float, default=None, metavar="MB",
+                       help="multi-model mode: memory the loaded models may take, on the GPU "
+                            "where they search there (default: $GPUKNN_MAX_MODELS_MB, else "
+                            "what the machine has free at start, less room for searching)")
 
 
 def _workers(text: str) -> int | str:
@@ -271,6 +292,16 @@ def _add_transform(commands) -> None:
                                 "(default: one per GPU of the cluster, else one per CPU)")
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a positive number")
+    return value
+
+
 def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: a positive integer")
@@ -303,9 +334,7 @@ def _add_bench(commands) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a ``gpuknn`` subcommand; returns the process exit code."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
-                        stream=sys.stdout)
-    logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader logs every attempt
+    logs.configure()
     if args.command == "train":
         from gpuknn import train  # noqa: PLC0415 - keep start-up light
 
@@ -331,14 +360,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from gpuknn.serving import app, server  # noqa: PLC0415 - keep start-up light
+    from gpuknn.multimodel.budget import configured_mb  # noqa: PLC0415 - keep start-up light
+    from gpuknn.serving import server  # noqa: PLC0415
+    from gpuknn.serving.settings import ServeSettings, default_max_payload_mb  # noqa: PLC0415
 
-    payload = args.max_payload_mb or app.default_max_payload_mb()
-    settings = app.ServeSettings(server.model_location(args.ml_root, args.model), args.device,
-                                 args.max_batch_rows, args.max_wait_ms, payload,
-                                 args.body_timeout_s)
+    multi_model = server.multi_model_requested(args.multi_model)
+    try:
+        if multi_model and args.model:
+            raise ClientError("--model serves one model; a multi-model server (--multi-model "
+                              "or $SAGEMAKER_MULTI_MODEL) starts with none and loads them "
+                              "through POST /models")
+        max_models_mb = configured_mb(args.max_models_mb) if multi_model else None
+    except ClientError as err:
+        print(f"gpuknn serve: error: {err}", file=sys.stderr)
+        return 2
+    payload = args.max_payload_mb or default_max_payload_mb()
+    path = "" if multi_model else server.model_location(args.ml_root, args.model)
+    settings = ServeSettings(path, args.device, args.max_batch_rows, args.max_wait_ms, payload,
+                             args.body_timeout_s, multi_model=multi_model)
     return server.serve(settings, host=args.host, port=args.port, workers=args.workers,
-                        access_log=args.access_log)
+                        access_log=args.access_log, max_models_mb=max_models_mb)
 
 
 def _transform(args: argparse.Namespace) -> None:
@@ -346,7 +387,7 @@ def _transform(args: argparse.Namespace) -> None:
 
     from gpuknn.model.knn_model import KNNModel  # noqa: PLC0415 - keep start-up light
     from gpuknn.serving import transform  # noqa: PLC0415 - keep start-up light
-    from gpuknn.serving.app import default_max_payload_mb  # noqa: PLC0415
+    from gpuknn.serving.settings import default_max_payload_mb  # noqa: PLC0415
 
     job = transform.TransformJob(Path(args.input), Path(args.output), args.content_type,
                                  args.split_type, args.accept, args.batch_rows,

@@ -68,6 +68,34 @@ class ModelFileError(ClientError):
     """A saved model that is missing, corrupt, truncated or of another version."""
 
 
+class ModelTooLargeError(ModelFileError):
+    """A saved model whose files, or whose search structure, do not fit the memory
+    available. A multi-model server answers it with 507, which makes SageMaker unload
+    other models and retry."""
+
+
+class ModelNotLoadedError(ClientError):
+    """A multi-model server was asked for a model name that it has not loaded (HTTP 404)."""
+
+    status_code = 404
+
+
+class ModelAlreadyLoadedError(ClientError):
+    """A multi-model server was asked to load a name it already holds (HTTP 409)."""
+
+    status_code = 409
+
+
+class InsufficientMemoryError(GpuknnError):
+    """A model that would not fit a multi-model server's memory budget (HTTP 507).
+
+    Not a :class:`ClientError`: the model may be fine; the server is full. SageMaker
+    answers 507 by unloading models it has not used lately and loading again.
+    """
+
+    status_code = 507
+
+
 class DeviceError(ClientError):
     """A device was requested that this machine cannot provide."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import os
 import signal
@@ -13,9 +14,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 from _wire import decode_record, frames
 
+import gpuknn.io
+
 START_TIMEOUT = 90
+RECORDIO = "application/x-recordio-protobuf"
+OUTPUT_TYPES = ("application/json", "application/jsonlines", RECORDIO)
 
 
 def free_port() -> int:
@@ -138,3 +144,38 @@ def assert_rows_equal(got: list[dict[str, list]], want: list[dict[str, np.ndarra
                 np.testing.assert_array_equal(np.asarray(g[name], np.float32),
                                               np.asarray(values, np.float32),
                                               err_msg=f"row {i} {name}")
+
+
+# -- bodies in every content type --------------------------------------------------------------
+def body_in(content_type: str, X: np.ndarray) -> tuple[bytes, str]:
+    """``X`` as a client would send it: (body, Content-Type header)."""
+    if content_type == "text/csv":
+        return "\n".join(",".join(f"{v:g}" for v in row) for row in X).encode(), "text/csv"
+    if content_type == "text/csv;label_size=1":
+        lines = [",".join(["7", *(f"{v:g}" for v in row)]) for row in X]
+        return "\n".join(lines).encode(), content_type
+    if content_type == "application/json":
+        instances = [{"features": row.tolist()} if i % 2 else
+                     {"data": {"features": {"values": row.tolist()}}} for i, row in enumerate(X)]
+        return json.dumps({"instances": instances}).encode(), content_type
+    if content_type == "application/json;sparse":
+        rows = [{"data": {"features": {"keys": np.flatnonzero(row).tolist(),
+                                       "shape": [X.shape[1]],
+                                       "values": row[row != 0].tolist()}}} for row in X]
+        return json.dumps({"instances": rows}).encode(), "application/json"
+    if content_type == "application/jsonlines":
+        return "\n".join(json.dumps({"features": row.tolist()}) for row in X).encode(), \
+            content_type
+    buffer = io.BytesIO()
+    kind = content_type.split(";")[1]
+    data = sp.csr_matrix(X) if kind == "sparse" else X.astype(kind)
+    gpuknn.io.write_recordio(buffer, data)
+    return buffer.getvalue(), RECORDIO
+
+
+INPUTS = ("text/csv", "text/csv;label_size=1", "application/json", "application/json;sparse",
+          "application/jsonlines", f"{RECORDIO};float32", f"{RECORDIO};float64",
+          f"{RECORDIO};int32", f"{RECORDIO};sparse")
+ACCEPTS = [(None, "application/json", False), ("*/*", "application/json", False)] + [
+    (f"{media}; verbose=true" if verbose else media, media, verbose)
+    for media in OUTPUT_TYPES for verbose in (False, True)]

@@ -21,11 +21,14 @@ import time
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 import uvicorn
 from _server import (
+    ACCEPTS,
+    INPUTS,
+    RECORDIO,
     Server,
     assert_rows_equal,
+    body_in,
     expected_rows,
     free_port,
     invoke,
@@ -36,9 +39,6 @@ from _server import (
 import gpuknn.io
 from gpuknn import KNN, KNNModel
 from gpuknn.serving import app as app_module
-
-RECORDIO = "application/x-recordio-protobuf"
-OUTPUT_TYPES = ("application/json", "application/jsonlines", RECORDIO)
 
 
 # -- models and servers ------------------------------------------------------------------------
@@ -74,41 +74,6 @@ def queries(letter):
     """A few test rows, including exact duplicates of training rows (distance 0, ties)."""
     X_train, _, X_test, _ = letter
     return np.concatenate([X_test[:5], X_train[:2]]).astype(np.float32)
-
-
-# -- bodies in every content type --------------------------------------------------------------
-def body_in(content_type: str, X: np.ndarray) -> tuple[bytes, str]:
-    """``X`` as a client would send it: (body, Content-Type header)."""
-    if content_type == "text/csv":
-        return "\n".join(",".join(f"{v:g}" for v in row) for row in X).encode(), "text/csv"
-    if content_type == "text/csv;label_size=1":
-        lines = [",".join(["7", *(f"{v:g}" for v in row)]) for row in X]
-        return "\n".join(lines).encode(), content_type
-    if content_type == "application/json":
-        instances = [{"features": row.tolist()} if i % 2 else
-                     {"data": {"features": {"values": row.tolist()}}} for i, row in enumerate(X)]
-        return json.dumps({"instances": instances}).encode(), content_type
-    if content_type == "application/json;sparse":
-        rows = [{"data": {"features": {"keys": np.flatnonzero(row).tolist(),
-                                       "shape": [X.shape[1]],
-                                       "values": row[row != 0].tolist()}}} for row in X]
-        return json.dumps({"instances": rows}).encode(), "application/json"
-    if content_type == "application/jsonlines":
-        return "\n".join(json.dumps({"features": row.tolist()}) for row in X).encode(), \
-            content_type
-    buffer = io.BytesIO()
-    kind = content_type.split(";")[1]
-    data = sp.csr_matrix(X) if kind == "sparse" else X.astype(kind)
-    gpuknn.io.write_recordio(buffer, data)
-    return buffer.getvalue(), RECORDIO
-
-
-INPUTS = ("text/csv", "text/csv;label_size=1", "application/json", "application/json;sparse",
-          "application/jsonlines", f"{RECORDIO};float32", f"{RECORDIO};float64",
-          f"{RECORDIO};int32", f"{RECORDIO};sparse")
-ACCEPTS = [(None, "application/json", False), ("*/*", "application/json", False)] + [
-    (f"{media}; verbose=true" if verbose else media, media, verbose)
-    for media in OUTPUT_TYPES for verbose in (False, True)]
 
 
 @pytest.mark.parametrize("input_type", INPUTS)

@@ -34,7 +34,7 @@ import numpy as np
 
 from gpuknn import _backend
 from gpuknn._version import __version__
-from gpuknn.errors import ClientError, ModelFileError
+from gpuknn.errors import ClientError, ModelFileError, ModelTooLargeError
 from gpuknn.hyperparameters import parse
 from gpuknn.model.archives import is_archive, read_archive, unpacked
 from gpuknn.model.buffers import Content, npz_arrays, npz_content
@@ -198,8 +198,8 @@ def load(path: str | Path, device: str = "auto", *,
             return _from_archive(path, device, cache_dir)
         return _model_from_files(read_directory(path), device=device, origin=path)
     except MemoryError:
-        raise ModelFileError(f"{path}: the model does not fit in the memory available "
-                             f"({gib(_backend.available_memory())})") from None
+        raise ModelTooLargeError(f"{path}: the model does not fit in the memory available "
+                                 f"({gib(_backend.available_memory())})") from None
 
 
 def verify(path: str | Path, *, cache_dir: str | Path | None = None) -> dict[str, Any]:
@@ -226,8 +226,8 @@ def verify(path: str | Path, *, cache_dir: str | Path | None = None) -> dict[str
         return _model_from_files(read_directory(path), device="cpu", origin=path,
                                  build=False)
     except MemoryError:
-        raise ModelFileError(f"{path}: the model does not fit in the memory available "
-                             f"({gib(_backend.available_memory())})") from None
+        raise ModelTooLargeError(f"{path}: the model does not fit in the memory available "
+                                 f"({gib(_backend.available_memory())})") from None
 
 
 def _from_archive(archive: Path, device: str, cache_dir: str | Path | None, *,

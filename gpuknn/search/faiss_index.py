@@ -178,6 +178,26 @@ class IVFSearch:
                         kind, first_line(err))
         return self
 
+    def faiss_bytes(self) -> tuple[int, int]:
+        """Memory that faiss holds for this index: (host bytes of this process alone,
+        device bytes).
+
+        The coarse quantizer's centroids, and for IVFPQ the codebooks and the precomputed
+        distance table, are this process's own. The inverted lists (codes and ids) are
+        too, unless they are mapped from the model file (:attr:`mapped_from`, shared
+        through the page cache). A GPU copy holds the lists and the centroids again.
+        """
+        faiss = require_faiss()
+        ivf = faiss.extract_index_ivf(self.index)
+        centroids = int(ivf.quantizer.ntotal) * int(ivf.d) * 4
+        lists = int(ivf.ntotal) * (int(ivf.code_size) + 8)
+        tables = 0
+        if isinstance(ivf, faiss.IndexIVFPQ):
+            tables = 4 * (int(ivf.pq.centroids.size()) + int(ivf.precomputed_table.size()))
+        host = centroids + tables + (0 if self.mapped_from is not None else lists)
+        device = 0 if self.gpu is None else centroids + lists + tables
+        return host, device
+
     @property
     def ntotal(self) -> int:
         """Number of indexed vectors."""

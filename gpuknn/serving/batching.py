@@ -43,10 +43,13 @@ class MicroBatcher:
         request is still searched whole).
     max_wait_ms : float
         Longest wait for requests still being read before a batch starts.
+    executor : ThreadPoolExecutor, optional
+        The search thread, shared with other batchers (a multi-model server has one for
+        all its models); by default the batcher starts and stops one of its own.
     """
 
     def __init__(self, model: KNNModel, *, max_batch_rows: int = 4096,
-                 max_wait_ms: float = 2.0):
+                 max_wait_ms: float = 2.0, executor: ThreadPoolExecutor | None = None):
         if max_batch_rows < 1 or max_wait_ms < 0:
             raise ValueError("max_batch_rows must be >= 1 and max_wait_ms >= 0")
         self.model = model
@@ -57,7 +60,8 @@ class MicroBatcher:
         self._arriving = 0
         self._queue: asyncio.Queue[_Pending] | None = None
         self._collector: asyncio.Task | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: ThreadPoolExecutor | None = executor
+        self._owns_executor = executor is None
 
     async def start(self) -> None:
         """Warm the model up on the search thread, then start the collector.
@@ -67,13 +71,15 @@ class MicroBatcher:
         before the first request.
         """
         self._queue = asyncio.Queue()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="gpuknn-search")
+        if self._owns_executor:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="gpuknn-search")
         warm_up = np.zeros((1, self.model.feature_dim), dtype=np.float32)
         try:
             await asyncio.get_running_loop().run_in_executor(self._executor, self.model.answer,
                                                              warm_up)
         except BaseException:
-            self._executor.shutdown(wait=False)
+            if self._owns_executor:
+                self._executor.shutdown(wait=False)
             raise
         self._collector = asyncio.create_task(self._collect(), name="gpuknn-batcher")
 
@@ -86,7 +92,8 @@ class MicroBatcher:
         self._collector.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._collector
-        self._executor.shutdown(wait=True)
+        if self._owns_executor:
+            self._executor.shutdown(wait=True)
         self._collector = None
 
     @contextlib.contextmanager

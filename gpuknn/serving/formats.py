@@ -383,4 +383,6 @@ def _records(answer: Answer, verbose: bool):
             else:
                 target = tensor.float32_tensor
             target.values.extend(np.atleast_1d(value).tolist())
-        yield frame(record.SerializeToString())
+        # Map entries sorted by key: without it, their order is the hash table's, which
+        # differs from process to process (and so between a server's workers).
+        yield frame(record.SerializeToString(deterministic=True))
