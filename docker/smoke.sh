@@ -13,7 +13,15 @@
 #    (CSV, JSON, JSON Lines, RecordIO) and compares each answer with the Python API's
 #    answer for the same rows (computed inside the image);
 # 4. stops the server with SIGTERM, which must end it with exit code 0 inside SageMaker's
-#    30 s grace period.
+#    30 s grace period;
+# 5. runs `IMAGE serve` again as a multi-model endpoint (SAGEMAKER_MULTI_MODEL=true),
+#    with the model mounted as SageMaker unpacks models, at /opt/ml/models/letter/model,
+#    and as a model.tar.gz at /opt/ml/models/archived/model; checks /ping and an empty
+#    GET /models, loads both (POST /models: 200, then 409 for a second load of a name),
+#    invokes each (/models/NAME/invoke, and /invocations with the header
+#    X-Amzn-SageMaker-Target-Model) with the CSV rows and compares the answers with the
+#    Python API's, lists both, unloads one (DELETE: 200, then 404 on invoking it), and
+#    stops the server with SIGTERM as in 4.
 # Everything runs inside the image except curl, so the host needs only ENGINE and curl.
 # Exit 0 when every step passed; the first failure exits 1 and says which step.
 set -euo pipefail
@@ -24,6 +32,7 @@ tag=${3:-gpuknn-smoke:$(basename "$dockerfile" | tr '.' '-' | tr '[:upper:]' '[:
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d "${TMPDIR:-/tmp}/gpuknn-smoke.XXXXXX")
 name=gpuknn-smoke-$$
+mm_name=gpuknn-smoke-mm-$$
 port=${SMOKE_PORT:-$((20000 + $$ % 20000))}
 inner_port=8081
 grace=30
@@ -32,6 +41,7 @@ step() { printf 'smoke: %s\n' "$*"; }
 fail() { printf 'smoke: FAILED: %s\n' "$*" >&2; exit 1; }
 cleanup() {
   "$engine" rm -f "$name" >/dev/null 2>&1 || true
+  "$engine" rm -f "$mm_name" >/dev/null 2>&1 || true
   # files written by the container's root user: remove them from inside
   "$engine" run --rm -v "$work:/work" --entrypoint sh "$tag" -c 'rm -rf /work/*' \
     >/dev/null 2>&1 || true
@@ -39,6 +49,57 @@ cleanup() {
 }
 trap cleanup EXIT
 inside() { "$engine" run --rm -v "$work:/work" -w /work --entrypoint python "$tag" -c "$1"; }
+# await_ping CONTAINER: wait for the server in CONTAINER to answer /ping with 200.
+await_ping() {
+  local code=
+  for _ in $(seq 240); do
+    code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/ping" || true)
+    [ "$code" = 200 ] && return 0
+    [ "$("$engine" inspect "$1" --format '{{.State.Running}}')" = true ] \
+      || { "$engine" logs "$1" >&2; fail "serve exited before /ping answered"; }
+    sleep 0.25
+  done
+  "$engine" logs "$1" >&2; fail "/ping answered $code"
+}
+# same_predictions ANSWER WHAT: the predictions in $work/ANSWER equal the Python API's.
+same_predictions() {
+  inside "
+import json
+got = [row['predicted_label'] for row in json.load(open('$1'))['predictions']]
+want = json.load(open('expected.json'))
+assert got == want, (got, want)
+print('smoke: $2: {} predictions equal the Python API'.format(len(got)))
+" || fail "$2 answers differ from the Python API"
+}
+# expect STATUS WHAT ANSWER CURL_ARGS...: the request answers STATUS, its body in $work/ANSWER.
+expect() {
+  local want=$1 what=$2 answer=$3 code
+  shift 3
+  code=$(curl -s -o "$work/$answer" -w '%{http_code}' "$@" || true)
+  [ "$code" = "$want" ] && return 0
+  cat "$work/$answer" >&2 2>/dev/null; echo >&2
+  "$engine" logs "$mm_name" 2>&1 | tail -20 >&2
+  fail "multi-model: $what answered $code, not $want"
+}
+# same_json ANSWER JSON WHAT: $work/ANSWER holds the JSON value JSON.
+same_json() {
+  inside "
+import json
+got, want = json.load(open('$1')), json.loads('''$2''')
+assert got == want, (got, want)
+print('smoke: multi-model: $3: {}'.format(json.dumps(got)))
+" || fail "multi-model: $3 answered otherwise"
+}
+# sigterm CONTAINER: stop it; it must exit 0 within the grace period.
+sigterm() {
+  local stopped=$SECONDS took status
+  "$engine" stop -t $grace "$1" >/dev/null
+  took=$((SECONDS - stopped))
+  status=$("$engine" inspect "$1" --format '{{.State.ExitCode}}')
+  [ "$status" = 0 ] || { "$engine" logs "$1" 2>&1 | tail -20 >&2; fail "exit code $status"; }
+  [ "$took" -lt $grace ] || fail "SIGTERM took $took s (grace $grace s)"
+  step "stopped with exit code 0 in $took s"
+}
 
 started=$SECONDS
 step "build $dockerfile as $tag with $engine"
@@ -105,14 +166,7 @@ step "serve on 127.0.0.1:$port (SAGEMAKER_BIND_TO_PORT=$inner_port)"
 "$engine" run -d --name "$name" -e SAGEMAKER_BIND_TO_PORT=$inner_port \
   -p "127.0.0.1:$port:$inner_port" -v "$work/ml/model:/opt/ml/model:ro" "$tag" serve \
   >/dev/null || fail "serve did not start"
-for _ in $(seq 240); do
-  code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/ping" || true)
-  [ "$code" = 200 ] && break
-  [ "$("$engine" inspect "$name" --format '{{.State.Running}}')" = true ] \
-    || { "$engine" logs "$name" >&2; fail "serve exited before /ping answered"; }
-  sleep 0.25
-done
-[ "$code" = 200 ] || { "$engine" logs "$name" >&2; fail "/ping answered $code"; }
+await_ping "$name"
 
 for pair in text/csv:csv application/json:json application/jsonlines:jsonl \
             application/x-recordio-protobuf:pbr; do
@@ -121,21 +175,59 @@ for pair in text/csv:csv application/json:json application/jsonlines:jsonl \
     -H "Accept: application/json" --data-binary "@$work/queries.$ext" \
     "http://127.0.0.1:$port/invocations")
   [ "$code" = 200 ] || { cat "$work/answer.$ext.json" >&2; fail "$type answered $code"; }
-  inside "
-import json
-got = [row['predicted_label'] for row in json.load(open('answer.$ext.json'))['predictions']]
-want = json.load(open('expected.json'))
-assert got == want, (got, want)
-print('smoke: $type: {} predictions equal the Python API'.format(len(got)))
-" || fail "$type answers differ from the Python API"
+  same_predictions "answer.$ext.json" "$type"
 done
 
 step "SIGTERM"
-stopped=$SECONDS
-"$engine" stop -t $grace "$name" >/dev/null
-took=$((SECONDS - stopped))
-status=$("$engine" inspect "$name" --format '{{.State.ExitCode}}')
-[ "$status" = 0 ] || { "$engine" logs "$name" 2>&1 | tail -20 >&2; fail "exit code $status"; }
-[ "$took" -lt $grace ] || fail "SIGTERM took $took s (grace $grace s)"
-step "stopped with exit code 0 in $took s"
+sigterm "$name"
+
+multi_started=$SECONDS
+step "the model as a model.tar.gz (its files at the top level)"
+inside '
+import pathlib, tarfile
+with tarfile.open("model.tar.gz", "w:gz") as archive:
+    for path in sorted(pathlib.Path("ml/model").iterdir()):
+        archive.add(path, arcname=path.name)
+' || fail "writing model.tar.gz"
+
+step "multi-model serve on 127.0.0.1:$port (SAGEMAKER_MULTI_MODEL=true)"
+"$engine" run -d --name "$mm_name" -e SAGEMAKER_MULTI_MODEL=true \
+  -e SAGEMAKER_BIND_TO_PORT=$inner_port -p "127.0.0.1:$port:$inner_port" \
+  -v "$work/ml/model:/opt/ml/models/letter/model:ro" \
+  -v "$work/model.tar.gz:/opt/ml/models/archived/model/model.tar.gz:ro" "$tag" serve \
+  >/dev/null || fail "multi-model serve did not start"
+await_ping "$mm_name"
+mm=http://127.0.0.1:$port
+expect 200 "GET /models" models.json "$mm/models"
+same_json models.json '{"models": []}' "GET /models before any load"
+for model in letter archived; do
+  expect 200 "POST /models ($model)" "load.$model.json" -H "Content-Type: application/json" \
+    --data-binary "{\"model_name\": \"$model\", \"url\": \"/opt/ml/models/$model/model\"}" \
+    "$mm/models"
+done
+expect 409 "a second POST /models (letter)" load.again.json -H "Content-Type: application/json" \
+  --data-binary '{"model_name": "letter", "url": "/opt/ml/models/letter/model"}' "$mm/models"
+step "multi-model: loaded letter and archived; a second load of letter answered 409"
+for model in letter archived; do
+  expect 200 "POST /models/$model/invoke" "answer.$model.json" -H "Content-Type: text/csv" \
+    -H "Accept: application/json" --data-binary "@$work/queries.csv" \
+    "$mm/models/$model/invoke"
+  same_predictions "answer.$model.json" "multi-model: /models/$model/invoke"
+done
+expect 200 "POST /invocations (target letter)" answer.target.json \
+  -H "X-Amzn-SageMaker-Target-Model: letter" -H "Content-Type: text/csv" \
+  -H "Accept: application/json" --data-binary "@$work/queries.csv" "$mm/invocations"
+same_predictions answer.target.json "multi-model: /invocations with the target model letter"
+expect 200 "GET /models" models.json "$mm/models"
+same_json models.json '{"models": [
+  {"modelName": "archived", "modelUrl": "/opt/ml/models/archived/model"},
+  {"modelName": "letter", "modelUrl": "/opt/ml/models/letter/model"}]}' "GET /models"
+expect 200 "DELETE /models/letter" unload.json -X DELETE "$mm/models/letter"
+expect 404 "POST /models/letter/invoke after its DELETE" answer.unloaded.json \
+  -H "Content-Type: text/csv" --data-binary "@$work/queries.csv" "$mm/models/letter/invoke"
+step "multi-model: DELETE /models/letter answered 200, then invoking it 404"
+
+step "multi-model SIGTERM"
+sigterm "$mm_name"
+step "multi-model part passed in $((SECONDS - multi_started)) s"
 step "passed in $((SECONDS - started)) s"
