@@ -378,8 +378,12 @@ def _serve(args: argparse.Namespace) -> int:
     path = "" if multi_model else server.model_location(args.ml_root, args.model)
     settings = ServeSettings(path, args.device, args.max_batch_rows, args.max_wait_ms, payload,
                              args.body_timeout_s, multi_model=multi_model)
-    return server.serve(settings, host=args.host, port=args.port, workers=args.workers,
-                        access_log=args.access_log, max_models_mb=max_models_mb)
+    try:
+        return server.serve(settings, host=args.host, port=args.port, workers=args.workers,
+                            access_log=args.access_log, max_models_mb=max_models_mb)
+    except ClientError as err:  # before serving: a device that is not there, say
+        print(f"gpuknn serve: error: {err}", file=sys.stderr)
+        return 2
 
 
 def _transform(args: argparse.Namespace) -> None:

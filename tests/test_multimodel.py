@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from _server import ACCEPTS, INPUTS, Server, body_in, request
 
-from gpuknn import io
+from gpuknn import _backend, io
 
 HOST_HEADER = "X-Amzn-SageMaker-Target-Model"
 COMMON = {"sample_size": "16000", "feature_dim": "16"}
@@ -527,6 +527,10 @@ def test_cli_refuses_conflicting_or_bad_settings(tmp_path):
     assert bad.returncode == 2 and "GPUKNN_MAX_MODELS_MB" in bad.stderr
     flag = serve("--multi-model", "--max-models-mb", "0")
     assert flag.returncode == 2 and "positive" in flag.stderr
+    if not _backend.has_gpu():
+        gpu = serve("--multi-model", "--device", "gpu")
+        assert gpu.returncode == 2 and "no GPU is usable" in gpu.stderr
+        assert "Traceback" not in gpu.stderr
 
 
 # -- the SageMaker SDK ----------------------------------------------------------------------------

@@ -235,9 +235,9 @@ def test_a_loaded_model_maps_its_files(saved, kind):
     held = fp.footprint(model)
     assert held.mapped_bytes == _file_bytes(saved[kind])
     assert held.device_bytes == 0
-    # the vote's label classes (8 bytes a row), and for IVF the quantizer's centroids
-    assert held.private_bytes >= fp.OBJECT_BYTES + 8 * model.n_indexed
-    assert held.private_bytes < fp.OBJECT_BYTES + 16 * model.n_indexed + (1 << 20)
+    # the vote's label classes (2 bytes a row), and for IVF the quantizer's centroids
+    assert held.private_bytes >= fp.OBJECT_BYTES + 2 * model.n_indexed
+    assert held.private_bytes < fp.OBJECT_BYTES + 4 * model.n_indexed + (1 << 20)
     assert fp.estimate(saved[kind]).mapped_bytes == held.mapped_bytes
 
 

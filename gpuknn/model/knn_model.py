@@ -218,6 +218,32 @@ class KNNModel:
             whole.fill(start, self._answer(X[start:start + ANSWER_CHUNK_ROWS]))
         return whole
 
+    def prepare(self) -> None:
+        """Make now the arrays that the first answer would make: the ids and labels on the
+        model's device, and the vote's label classes. A multi-model server does this at
+        load, so that what the model holds can be measured before it answers."""
+        self._on_device("ids", lambda: self.ids)
+        if self.labels is not None:
+            self._on_device("labels", self._require_labels)
+            self._on_device("classes", lambda: self.classes_)
+            self._on_device("label_classes", self._label_classes)
+
+    def warm_up_query(self) -> np.ndarray:
+        """One query row that is cheap to answer, for a server's warm-up search.
+
+        Where queries and index vectors share their first ``feature_dim`` coordinates
+        (no reduction), it is a vector of the index (a pruned search then scans little);
+        otherwise zeros, which may scan much more.
+
+        Returns
+        -------
+        ndarray of shape (1, feature_dim), float32
+        """
+        row = np.zeros((1, self.feature_dim), dtype=np.float32)
+        if self.preparation.reduction is None and self.n_indexed:
+            row[0] = self.index.example_vector()[:self.feature_dim]
+        return row
+
     def _answer(self, X: ArrayLike) -> Answer:
         distances, positions = self._search(X, self.k)
         host = _backend.to_host
@@ -256,11 +282,17 @@ class KNNModel:
 
     def _vote(self, positions: ArrayLike) -> ArrayLike:
         xp = self.xp
-        label_classes = self._on_device(
-            "label_classes", lambda: np.searchsorted(self.classes_, self._require_labels()))
-        neighbour_classes = xp.where(positions != MISSING_INDEX,
-                                     label_classes[xp.where(positions >= 0, positions, 0)], -1)
+        label_classes = self._on_device("label_classes", self._label_classes)
+        found = label_classes[xp.where(positions >= 0, positions, 0)].astype(xp.int64)
+        neighbour_classes = xp.where(positions != MISSING_INDEX, found, -1)
         return predict.vote_counts(neighbour_classes, len(self.classes_), xp=xp)
+
+    def _label_classes(self) -> np.ndarray:
+        """Every indexed row's class (its label's place in ``classes_``), in the smallest
+        integer type that holds them: the model keeps this array, a row's 2 bytes where
+        8 would double a small model's own memory."""
+        dtype = np.int16 if len(self.classes_) <= np.iinfo(np.int16).max else np.int32
+        return np.searchsorted(self.classes_, self._require_labels()).astype(dtype)
 
     def _search(self, X: ArrayLike, k: int) -> tuple[ArrayLike, ArrayLike]:
         xp = self.xp

@@ -5,9 +5,10 @@ The :class:`~gpuknn.multimodel.registry.Registry` says which models are loaded; 
 :class:`~gpuknn.model.knn_model.KNNModel`, mapped from the model's files, and its
 micro-batcher), all searching on one shared search thread.
 
-- A load (:meth:`ModelPool.load`) claims the name in the registry, loads the model here,
-  warms it up, measures what it holds (:func:`~gpuknn.model.footprint.footprint`) and
-  commits that charge; any failure frees the name again.
+- A load (:meth:`ModelPool.load`) claims the name in the registry, loads the model here
+  (with the arrays its answers need; on a GPU also one warm-up search), measures what it
+  holds (:func:`~gpuknn.model.footprint.footprint`) and commits that charge; any failure
+  frees the name again.
 - Every other worker loads a model it does not hold yet on its first request for it, and
   ahead of requests in its sync loop (every :data:`SYNC_SECONDS`), so that a model loaded
   through any worker answers through every worker. Its files are mapped, so the extra
@@ -244,13 +245,13 @@ class ModelPool:
         return hosted
 
     async def _open(self, entry: Entry) -> HostedModel:
-        """Load and warm up the model of ``entry`` here, and measure what it holds."""
+        """Load the model of ``entry`` here, start its batcher, measure what it holds."""
         try:
-            model = await run_in_threadpool(KNNModel.load, entry.location, self.device)
+            model = await run_in_threadpool(_load, entry.location, self.device)
             batcher = MicroBatcher(model, max_batch_rows=self.settings.max_batch_rows,
                                    max_wait_ms=self.settings.max_wait_ms,
-                                   executor=self._executor)
-            await batcher.start()  # the warm-up search, on the shared search thread
+                                   executor=self._executor, warm_up=self.device == "gpu")
+            await batcher.start()
         except (MemoryError, ModelTooLargeError) as err:
             raise InsufficientMemoryError(f"model {names.shown(entry.name)} does not fit: "
                                           f"{err}") from None
@@ -332,6 +333,19 @@ class ModelPool:
     def holds(self) -> dict[str, int]:
         """``{name: generation}`` of the copies this worker holds (for tests and logs)."""
         return {name: hosted.generation for name, hosted in self._hosted.items()}
+
+
+def _load(location: str, device: str) -> KNNModel:
+    """The model at ``location``, with the arrays its answers need made now.
+
+    On a GPU the batcher also searches one row (a warm-up that sizes the search's device
+    memory, so a model that cannot search fails its load with 507, not its first request).
+    On the CPU a search would only read the model's pages, which the first request reads
+    anyway: a model of 1M x 128 would pay a full scan twice.
+    """
+    model = KNNModel.load(location, device=device)
+    model.prepare()
+    return model
 
 
 def _estimate(location, device: str) -> Footprint:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from gpuknn._backend import usable_cores
+from gpuknn._backend import to_host, usable_cores
 from gpuknn.search import partition as partition_module
 from gpuknn.search.base import SearchBase
 from gpuknn.search.rounding import float64_top_k
@@ -176,6 +176,11 @@ class ExactSearch:
     def base(self) -> SearchBase:
         """The base with what is derived from it once (a model file stores it)."""
         return self._base
+
+    def example_vector(self) -> np.ndarray:
+        """One base vector, (dim,) float32 on the host: a query that is cheap to answer
+        (a pruned search scans little around it)."""
+        return np.asarray(to_host(self.vectors[:1]), dtype=np.float32)[0]
 
     @property
     def ntotal(self) -> int:

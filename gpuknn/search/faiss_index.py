@@ -198,6 +198,12 @@ class IVFSearch:
         device = 0 if self.gpu is None else centroids + lists + tables
         return host, device
 
+    def example_vector(self) -> np.ndarray:
+        """The first list's centroid, (dim,) float32: a query that is cheap to answer."""
+        faiss = require_faiss()
+        return np.asarray(faiss.extract_index_ivf(self.index).quantizer.reconstruct(0),
+                          dtype=np.float32)
+
     @property
     def ntotal(self) -> int:
         """Number of indexed vectors."""

@@ -46,10 +46,13 @@ class MicroBatcher:
     executor : ThreadPoolExecutor, optional
         The search thread, shared with other batchers (a multi-model server has one for
         all its models); by default the batcher starts and stops one of its own.
+    warm_up : bool
+        Search one row when starting (:meth:`start`).
     """
 
     def __init__(self, model: KNNModel, *, max_batch_rows: int = 4096,
-                 max_wait_ms: float = 2.0, executor: ThreadPoolExecutor | None = None):
+                 max_wait_ms: float = 2.0, executor: ThreadPoolExecutor | None = None,
+                 warm_up: bool = True):
         if max_batch_rows < 1 or max_wait_ms < 0:
             raise ValueError("max_batch_rows must be >= 1 and max_wait_ms >= 0")
         self.model = model
@@ -62,21 +65,22 @@ class MicroBatcher:
         self._collector: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = executor
         self._owns_executor = executor is None
+        self._warm_up = warm_up
 
     async def start(self) -> None:
         """Warm the model up on the search thread, then start the collector.
 
-        The warm-up runs one row through the thread that will do every search, so
-        that its per-thread state (on a GPU, CuPy's cuBLAS handle and workspace) exists
-        before the first request.
+        The warm-up runs one row (:meth:`KNNModel.warm_up_query`, cheap to answer)
+        through the thread that will do every search, so that its per-thread state (on
+        a GPU, CuPy's cuBLAS handle and workspace) exists before the first request.
         """
         self._queue = asyncio.Queue()
         if self._owns_executor:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="gpuknn-search")
-        warm_up = np.zeros((1, self.model.feature_dim), dtype=np.float32)
         try:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self.model.answer,
-                                                             warm_up)
+            if self._warm_up:
+                await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self.model.answer, self.model.warm_up_query())
         except BaseException:
             if self._owns_executor:
                 self._executor.shutdown(wait=False)
