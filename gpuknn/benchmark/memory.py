@@ -407,7 +407,7 @@ def _load_in_child(*, model_dir: str, rounds: int, seed: int) -> dict[str, Any]:
         return loaded - began, time.perf_counter() - loaded
 
     read(), load()
-    samples = _interleaved({"read": read, "load": load}, rounds, seed)
+    samples = interleaved({"read": read, "load": load}, rounds, seed)
     load_s = [pair[0] for pair in samples["load"]]
     query_s = [pair[1] for pair in samples["load"]]
     return {"model_dir": model_dir, "files": [path.name for path in files],
@@ -419,7 +419,7 @@ def _load_in_child(*, model_dir: str, rounds: int, seed: int) -> dict[str, Any]:
                                          zip(load_s, query_s, samples["read"], strict=True)])}
 
 
-def _interleaved(operations: dict[str, Callable[[], Any]], rounds: int,
+def interleaved(operations: dict[str, Callable[[], Any]], rounds: int,
                  seed: int) -> dict[str, list[Any]]:
     """Each operation's results over ``rounds`` rounds, in a fresh random order each round."""
     names = list(operations)
@@ -487,10 +487,10 @@ def _serve_and_measure(model_dir: Path, dim: int, workers: int, log: Path,
     with open(log, "wb") as handle:
         server = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT)
     try:
-        _wait_ready(server, port, workers, log, timeout_s)
-        _touch(port, dim, requests=2 * workers)
+        wait_ready(server, port, workers, log, timeout_s)
+        touch(port, dim, requests=2 * workers)
         time.sleep(0.5)
-        processes = [_process_memory(pid) for pid in process_tree(server.pid)]
+        processes = [process_memory(pid) for pid in process_tree(server.pid)]
     finally:
         stop_server(server)
     return {"workers": workers, "processes": processes,
@@ -505,7 +505,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _wait_ready(server: subprocess.Popen, port: int, workers: int, log: Path,
+def wait_ready(server: subprocess.Popen, port: int, workers: int, log: Path,
                 timeout_s: float) -> None:
     """Until /ping answers 200 and every worker logged "Application startup complete"
     (with several workers, each loads the model before it starts)."""
@@ -523,12 +523,12 @@ def _wait_ready(server: subprocess.Popen, port: int, workers: int, log: Path,
 
 def _ping(port: int) -> int | None:
     try:
-        return _request(port, "GET", "/ping", timeout=2)[0]
+        return http_request(port, "GET", "/ping", timeout=2)[0]
     except OSError:
         return None
 
 
-def _request(port: int, method: str, path: str, body: bytes | None = None, *,
+def http_request(port: int, method: str, path: str, body: bytes | None = None, *,
              headers: dict[str, str] | None = None, timeout: float = 60) -> tuple[int, bytes]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
@@ -539,12 +539,12 @@ def _request(port: int, method: str, path: str, body: bytes | None = None, *,
         connection.close()
 
 
-def _touch(port: int, dim: int, *, requests: int) -> None:
+def touch(port: int, dim: int, *, requests: int) -> None:
     """Send text/csv requests of 4 rows, each on a new connection; each must answer 200."""
     rows = np.random.default_rng(0).random((4, dim)).astype(np.float32)
     body = "\n".join(",".join(f"{value:.4f}" for value in row) for row in rows).encode()
     for _ in range(requests):
-        status, answer = _request(port, "POST", "/invocations", body,
+        status, answer = http_request(port, "POST", "/invocations", body,
                                   headers={"Content-Type": "text/csv",
                                            "Accept": "application/json"})
         if status != 200:
@@ -577,7 +577,7 @@ def _stat(pid: int) -> tuple[int, int] | None:
     return int(fields[1]), int(fields[19])
 
 
-def _process_memory(pid: int) -> dict[str, Any]:
+def process_memory(pid: int) -> dict[str, Any]:
     try:
         command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
         memory = smaps_rollup(pid)

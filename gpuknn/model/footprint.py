@@ -30,9 +30,10 @@ import numpy as np
 from gpuknn.model.layout import MAX_METADATA_BYTES, METADATA, declared_sizes, read_metadata
 
 # The Python objects of one loaded model that :func:`footprint` does not walk (the model,
-# its search, hyperparameters and batcher objects, the maps' own bookkeeping): measured as
-# about 40 KiB a model over 1,000 small models in one server (bench/multimodel.py).
-OBJECT_BYTES = 64 << 10
+# its search, hyperparameters and batcher objects, the maps' own bookkeeping): 18 to 24
+# KiB a model and worker, measured over 1,000 small models in one server
+# (bench/multimodel.py); counted with room to spare.
+OBJECT_BYTES = 32 << 10
 
 
 @dataclass(frozen=True)
