@@ -121,7 +121,7 @@ def load_ratio(model_dir: Path, log_dir: Path, *, rounds: int = 7,
     Each is done once untimed (imports, the page cache), then ``rounds`` rounds time each
     once in a fresh random order; the server unloads the model after each timed load.
     The cold start is timed too: the load and a first 1-row request (``/invoke``) against
-    ``KNNModel.load`` and a first 1-row ``kneighbors``, with the same row.
+    ``KNNModel.load`` and a first ``KNNModel.answer`` of the same row.
     """
     from gpuknn.model.knn_model import KNNModel  # noqa: PLC0415 - a measurement's own import
 
@@ -142,7 +142,7 @@ def load_ratio(model_dir: Path, log_dir: Path, *, rounds: int = 7,
             done = time.perf_counter()
             if not row:
                 row.append(model.warm_up_query())
-            model.kneighbors(row[0], 1)
+            model.answer(row[0])  # what the server's request does: search, vote
             return done - began, time.perf_counter() - began
 
         loaded(), served()
