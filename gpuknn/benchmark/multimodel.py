@@ -44,7 +44,7 @@ from gpuknn.benchmark.memory import (
 GOALS = {"load": 1.5, "invoke_p50": 1.1, "resident": 1.2}
 START_TIMEOUT_S = 900.0
 STABLE_SHARE = 0.005  # PSS counts as settled once two reads a second apart differ less
-_BUDGET_LINE = re.compile(r"([\d.]+) MiB of the ([\d.]+) MiB budget left")
+_TAKEN = re.compile(r"budget left \((\d+) bytes taken\)")
 
 
 # -- servers -------------------------------------------------------------------------------------
@@ -76,10 +76,8 @@ class Server:
 
     def accounted_bytes(self) -> int:
         """What the budget accounting charges the loaded models, from the last load's log
-        line (``X MiB of the Y MiB budget left``)."""
-        found = _BUDGET_LINE.findall(self.log.read_text(errors="replace"))
-        left, budget = (float(value) for value in found[-1])
-        return int((budget - left) * 2**20)
+        line (``... budget left (N bytes taken)``)."""
+        return int(_TAKEN.findall(self.log.read_text(errors="replace"))[-1])
 
     def stop(self) -> None:
         stop_server(self.process)

@@ -326,9 +326,10 @@ class ModelPool:
         gpu = self.device == "gpu"
         taken = used.device_bytes if gpu else used.host_bytes
         budget = self.registry.budget_bytes
-        log.info("%s model %r (%s): %s in %.3f s; %s of the %s budget left", what, entry.name,
-                 entry.url, model_footprint.describe(entry.footprint),
-                 time.perf_counter() - started, _mib(max(0, budget - taken)), _mib(budget))
+        log.info("%s model %s (%s): %s in %.3f s; %s of the %s budget left (%d bytes taken)",
+                 what, names.shown(entry.name), entry.url,
+                 model_footprint.describe(entry.footprint), time.perf_counter() - started,
+                 _mib(max(0, budget - taken)), _mib(budget), taken)
 
     def holds(self) -> dict[str, int]:
         """``{name: generation}`` of the copies this worker holds (for tests and logs)."""
