@@ -5,7 +5,8 @@
 >>> est.predict(Q)  # doctest: +SKIP
 
 The public names are imported on first use, so ``import gpuknn.kernels`` (or any
-light module) needs only numpy, and CuPy where it runs.
+light module) needs only numpy, and CuPy where it runs; scikit-learn is imported only by
+``KNeighborsClassifier`` and ``KNeighborsRegressor`` (the ``sklearn`` extra).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from gpuknn._version import __version__
 _PUBLIC = {
     "KNN": "gpuknn.estimator",
     "KNNModel": "gpuknn.model.knn_model",
+    "KNeighborsClassifier": "gpuknn.neighbors",
+    "KNeighborsRegressor": "gpuknn.neighbors",
     "Hyperparameters": "gpuknn.hyperparameters",
     "record_set": "gpuknn.io",
     "ClientError": "gpuknn.errors",
@@ -31,7 +34,8 @@ _PUBLIC = {
 
 __all__ = [  # noqa: RUF022 - grouped: the version, then _PUBLIC's names
     "__version__",
-    "KNN", "KNNModel", "Hyperparameters", "record_set",
+    "KNN", "KNNModel", "KNeighborsClassifier", "KNeighborsRegressor", "Hyperparameters",
+    "record_set",
     "ClientError", "DataError", "DeviceError", "GpuknnError", "HyperparameterError",
     "ModelFileError", "NotFittedError",
 ]

@@ -65,9 +65,28 @@ class KNN:
         self.hyperparameters: Hyperparameters = parse(hyperparameters)
         self.model: KNNModel | None = None
 
-    def get_params(self) -> dict[str, Any]:
-        """The hyperparameters and device, as given defaults filled in."""
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The hyperparameters and device, as given, defaults filled in.
+
+        Parameters
+        ----------
+        deep : bool
+            Accepted for scikit-learn's ``clone`` (there are no sub-estimators).
+        """
         return {"device": self.device, **self.hyperparameters.to_dict()}
+
+    def set_params(self, **params: Any) -> KNN:
+        """Change the device or hyperparameters (validated at once, all together); a fitted
+        model stays until the next :meth:`fit`.
+
+        Raises
+        ------
+        HyperparameterError
+            Listing every invalid value, as :class:`KNN` itself does.
+        """
+        self.device = params.pop("device", self.device)
+        self.hyperparameters = parse({**self.hyperparameters.to_dict(), **params})
+        return self
 
     def fit(self, X: Any, y: Any = None, *, content_type: str = "application/x-recordio-protobuf",
             label_size: int | None = None, ray_address: str | None = None) -> KNN:

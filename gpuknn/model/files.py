@@ -75,6 +75,28 @@ def save(parts: ModelParts, path: str | Path) -> Path:
     return path
 
 
+def to_bytes(parts: ModelParts) -> dict[str, bytes]:
+    """A model's files as ``{file name: bytes}``, exactly what :func:`save` writes: the form
+    in which a pickled scikit-learn estimator carries its model (no object is pickled)."""
+    return {name: content.tobytes() for name, content in _model_files(parts).items()}
+
+
+def from_bytes(files: dict[str, bytes], device: str = "auto", *,
+               origin: str = "<model bytes>") -> ModelParts:
+    """The parts of a model given as ``{file name: bytes}`` (:func:`to_bytes`), with every
+    check :func:`load` makes.
+
+    Raises
+    ------
+    ModelFileError
+        Naming ``origin`` and the file at fault.
+    """
+    if not isinstance(files, dict) or not all(
+            isinstance(name, str) and isinstance(data, bytes) for name, data in files.items()):
+        raise ModelFileError(f"{origin}: a model's files must be a dict of names to bytes")
+    return _model_from_files(files, device=_backend.resolve_device(device), origin=Path(origin))
+
+
 def _model_files(parts: ModelParts) -> dict[str, Content]:
     files = {INDEX: _index_content(parts), IDS: Content(parts.ids.astype("<i8"))}
     if parts.labels is not None:
