@@ -331,10 +331,6 @@ class ModelPool:
                  model_footprint.describe(entry.footprint), time.perf_counter() - started,
                  _mib(max(0, budget - taken)), _mib(budget), taken)
 
-    def holds(self) -> dict[str, int]:
-        """``{name: generation}`` of the copies this worker holds (for tests and logs)."""
-        return {name: hosted.generation for name, hosted in self._hosted.items()}
-
 
 def _load(location: str, device: str) -> KNNModel:
     """The model at ``location``, with the arrays its answers need made now.

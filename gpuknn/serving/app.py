@@ -33,12 +33,7 @@ from gpuknn.errors import ClientError
 from gpuknn.model.knn_model import KNNModel
 from gpuknn.serving.batching import MicroBatcher
 from gpuknn.serving.invocations import error_response, execution_parameters, respond
-from gpuknn.serving.settings import (  # noqa: F401 - ServeSettings' home until gpuknn 1
-    BODY_TIMEOUT_SECONDS,
-    DEFAULT_MAX_PAYLOAD_MB,
-    ServeSettings,
-    default_max_payload_mb,
-)
+from gpuknn.serving.settings import ServeSettings
 
 log = logging.getLogger("gpuknn.serve")
 
