@@ -6,6 +6,7 @@ calls array functions through it, so the CPU and GPU paths share one code path.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -155,6 +156,39 @@ def device_free_memory() -> int | None:
     if cupy is None:
         return None
     return int(cupy.cuda.runtime.memGetInfo()[0])
+
+
+def gpu_count() -> int:
+    """CUDA devices this process sees (``$CUDA_VISIBLE_DEVICES`` applies), 0 without a
+    usable GPU."""
+    cupy = _cupy()
+    return 0 if cupy is None else int(cupy.cuda.runtime.getDeviceCount())
+
+
+def gpu_properties(ordinal: int) -> tuple[str, int, int]:
+    """(name, free bytes, total bytes) of visible GPU ``ordinal``.
+
+    Raises
+    ------
+    DeviceError
+        Without a usable GPU.
+    """
+    cupy = _cupy()
+    if cupy is None:
+        raise DeviceError(f"no GPU is usable ({gpu_unavailable_reason()})")
+    name = cupy.cuda.runtime.getDeviceProperties(ordinal)["name"]
+    with cupy.cuda.Device(ordinal):
+        free, total = cupy.cuda.runtime.memGetInfo()
+    return (name.decode() if isinstance(name, bytes) else str(name)), int(free), int(total)
+
+
+def on_device(ordinal: int | None) -> Any:
+    """A context manager making GPU ``ordinal`` current (CuPy allocates and launches
+    there); ``None`` (the CPU, or the current GPU) changes nothing."""
+    cupy = _cupy()
+    if ordinal is None or cupy is None:
+        return contextlib.nullcontext()
+    return cupy.cuda.Device(ordinal)
 
 
 def release_device_memory() -> None:

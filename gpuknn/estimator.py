@@ -17,7 +17,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from gpuknn import _backend, io
-from gpuknn.errors import DataError, NotFittedError
+from gpuknn import devices as device_choice
+from gpuknn.errors import ClientError, DataError, NotFittedError
 from gpuknn.hyperparameters import Hyperparameters, parse
 from gpuknn.io.batches import densify, describe_csv
 from gpuknn.model.build import build_model
@@ -35,6 +36,11 @@ class KNN:
     ----------
     device : {"auto", "cpu", "gpu"}
         Where to compute; "auto" picks the GPU when CuPy sees one.
+    shards : int, optional
+        Split the fitted index into this many shards, searched concurrently and merged
+        (:meth:`KNNModel.sharded`): answers identical to the whole index's.
+    devices : str or sequence of int, optional
+        The GPUs the shards go to (:mod:`gpuknn.devices`: ``"all"``, ``"0,2"``).
     **hyperparameters
         Any SageMaker k-NN hyperparameter by name (``k``, ``predictor_type`` and
         ``sample_size`` are required), as Python values or strings. See
@@ -60,8 +66,11 @@ class KNN:
     array([1.], dtype=float32)
     """
 
-    def __init__(self, *, device: str = "auto", **hyperparameters: Any):
+    def __init__(self, *, device: str = "auto", shards: int | None = None,
+                 devices: str | tuple[int, ...] | None = None, **hyperparameters: Any):
         self.device = device
+        self.shards = _checked_shards(shards)
+        self.devices = devices
         self.hyperparameters: Hyperparameters = parse(hyperparameters)
         self.model: KNNModel | None = None
 
@@ -73,7 +82,8 @@ class KNN:
         deep : bool
             Accepted for scikit-learn's ``clone`` (there are no sub-estimators).
         """
-        return {"device": self.device, **self.hyperparameters.to_dict()}
+        return {"device": self.device, "shards": self.shards, "devices": self.devices,
+                **self.hyperparameters.to_dict()}
 
     def set_params(self, **params: Any) -> KNN:
         """Change the device or hyperparameters (validated at once, all together); a fitted
@@ -85,6 +95,8 @@ class KNN:
             Listing every invalid value, as :class:`KNN` itself does.
         """
         self.device = params.pop("device", self.device)
+        self.shards = _checked_shards(params.pop("shards", self.shards))
+        self.devices = params.pop("devices", self.devices)
         self.hyperparameters = parse({**self.hyperparameters.to_dict(), **params})
         return self
 
@@ -137,9 +149,16 @@ class KNN:
                             "with label_size=1); k-NN predicts from the neighbours' labels")
         logger.info("sampled %d of %d rows in %.2f s", len(ids), sampler.rows_seen,
                     time.perf_counter() - started)
-        self.model = build_model(features, labels, ids, hp, device=device,
-                                 rows_seen=sampler.rows_seen)
+        self.model = self._placed(build_model(features, labels, ids, hp, device=device,
+                                              rows_seen=sampler.rows_seen))
         return self
+
+    def _placed(self, model: KNNModel) -> KNNModel:
+        """The fitted model, split into :attr:`shards` on :attr:`devices` if asked."""
+        if self.shards in (None, 1) and self.devices is None:
+            return model
+        ordinals = device_choice.resolve(self.devices, model.device)
+        return model.sharded(self.shards or 1, devices=ordinals)
 
     def _fit_on_ray(self, shards: list[str], content_type: str, label_size: int | None,
                     ray_address: str | None) -> KNN:
@@ -152,8 +171,8 @@ class KNN:
             raise DataError(f"{', '.join(shards)}: the training data has no labels "
                             "(label[\"values\"] in RecordIO records, the first column of CSV "
                             "with label_size=1); k-NN predicts from the neighbours' labels")
-        self.model = build_model(merged.features, merged.labels, merged.ids, hp,
-                                 device=device, rows_seen=merged.rows_seen)
+        self.model = self._placed(build_model(merged.features, merged.labels, merged.ids,
+                                              hp, device=device, rows_seen=merged.rows_seen))
         return self
 
     def _batches(self, X: Any, y: Any, content_type: str, label_size: int | None,
@@ -255,3 +274,18 @@ def _array_batches(X: Any, y: Any, batch_size: int) -> Iterator[Batch]:
     for start in range(0, X_host.shape[0], batch_size):
         rows = slice(start, start + batch_size)
         yield X_host[rows], None if y_host is None else y_host[rows]
+
+
+def _checked_shards(shards: Any) -> int | None:
+    """``shards`` as a positive int, or None.
+
+    Raises
+    ------
+    ClientError
+        For anything else.
+    """
+    if shards is None:
+        return None
+    if isinstance(shards, bool) or not isinstance(shards, (int, np.integer)) or shards < 1:
+        raise ClientError(f"shards must be a positive integer or None; got {shards!r}")
+    return int(shards)

@@ -74,3 +74,29 @@ def squared_norms(X: Any, *, xp: ModuleType = np, block_rows: int = 1 << 16) -> 
         block = X[start:start + block_rows]
         norms[start:start + len(block)] = (block * block).sum(axis=1)
     return norms
+
+
+def from_scores(scores: Any, metric: str, *, xp: ModuleType = np) -> Any:
+    """Ranking scores, turned in place into the returned convention.
+
+    Every search ranks by one score where smaller is nearer: the squared Euclidean
+    distance for L2, the negated inner product otherwise, ``+inf`` for a missing
+    neighbour. Shards are merged on these scores (square roots of two distinct squared
+    distances may round to one value, which would reorder ties); this turns them into
+    what the module's table says is returned.
+
+    Parameters
+    ----------
+    scores : array of shape (n_queries, k), float32
+        Overwritten.
+    metric : {"L2", "INNER_PRODUCT", "COSINE"}
+
+    Returns
+    -------
+    array of shape (n_queries, k), float32
+        ``scores`` itself, converted.
+    """
+    if metric == "L2":
+        xp.maximum(scores, 0, out=scores)
+        return xp.sqrt(scores, out=scores)
+    return xp.negative(scores, out=scores)

@@ -16,12 +16,15 @@ from typing import Any
 import numpy as np
 
 from gpuknn import _backend
+from gpuknn import devices as device_choice
 from gpuknn.errors import ClientError, DataError
 from gpuknn.hyperparameters import Hyperparameters
 from gpuknn.metrics import MISSING_INDEX
 from gpuknn.model import files as model_files
 from gpuknn.model import predict
 from gpuknn.model.parts import ModelParts, Preparation, check_k
+from gpuknn.search.placement import place
+from gpuknn.search.shards import shard_index
 
 ArrayLike = Any  # numpy.ndarray or cupy.ndarray
 
@@ -338,9 +341,29 @@ class KNNModel:
 
     # -- files -------------------------------------------------------------------------
     def parts(self) -> ModelParts:
-        """What a model file holds: this model's parts (shared, not copied)."""
-        return ModelParts(self.hyperparameters, self.preparation, self.index, self.labels,
+        """What a model file holds: this model's parts (shared, not copied); a sharded
+        model's is the index it was split from."""
+        return ModelParts(self.hyperparameters, self.preparation,
+                          getattr(self.index, "whole", self.index), self.labels,
                           self.ids, self.rows_seen, self.device)
+
+    @property
+    def n_shards(self) -> int:
+        """Shards the index is split into (1 when it is whole)."""
+        return len(getattr(self.index, "shards", [None]))
+
+    def sharded(self, shards: int, *, devices: tuple[int, ...] = ()) -> KNNModel:
+        """This model with its index split into ``shards``, searched concurrently (one
+        thread each; on ``devices``, round robin, where GPUs are given) and merged: the
+        answers are identical to the whole index's
+        (:mod:`gpuknn.search.shards`). The vectors are shared where they can be (a
+        view of an unpartitioned base, or of its file's map)."""
+        whole = getattr(self.index, "whole", self.index)
+        index = whole if shards == 1 and not devices else shard_index(whole, shards,
+                                                                       devices=devices)
+        device = "gpu" if devices else self.device
+        return KNNModel(self.hyperparameters, self.preparation, index, self.labels, self.ids,
+                        device=device, rows_seen=self.rows_seen)
 
     @classmethod
     def from_parts(cls, parts: ModelParts) -> KNNModel:
@@ -358,15 +381,31 @@ class KNNModel:
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", *,
-             cache_dir: str | Path | None = None) -> KNNModel:
+             cache_dir: str | Path | None = None, shards: int | None = None,
+             devices: str | tuple[int, ...] | None = None) -> KNNModel:
         """Read a model written by :meth:`save` (a directory or a ``.tar.gz``).
 
         A ``faiss.Flat`` or IVF index in a directory is memory-mapped, so processes that
         load one model share its pages. A ``.tar.gz`` is unpacked once, into
         ``cache_dir`` (default ``$GPUKNN_MODEL_CACHE``, else ``.gpuknn-models/`` beside
         it), and mapped from there (:func:`gpuknn.model.archives.unpacked`).
+
+        ``shards`` splits the index (:meth:`sharded`). On a GPU, ``devices`` (default:
+        every visible GPU, see :mod:`gpuknn.devices`) are where the shards go; without
+        ``shards``, a model that does not fit one of them is split into as few shards
+        as fit (:mod:`gpuknn.search.placement`), and the choice is logged.
         """
-        return cls.from_parts(model_files.load(path, device=device, cache_dir=cache_dir))
+        if shards is not None and (isinstance(shards, bool) or int(shards) < 1):
+            raise ClientError(f"shards must be a positive integer; got {shards!r}")
+        device = _backend.resolve_device(device)
+        ordinals = device_choice.resolve(devices, device)
+        whole_on_one = shards is None and devices is None and len(ordinals) <= 1
+        if device == "cpu" or whole_on_one:
+            model = cls.from_parts(model_files.load(path, device=device, cache_dir=cache_dir))
+            return model if shards is None or shards == 1 else model.sharded(int(shards))
+        device_choice.log_choice(ordinals)
+        model = cls.from_parts(model_files.load(path, device="cpu", cache_dir=cache_dir))
+        return model.sharded(int(shards or place(model.index, ordinals)), devices=ordinals)
 
     def __repr__(self) -> str:
         hp = self.hyperparameters

@@ -25,10 +25,11 @@ from typing import Any
 import numpy as np
 
 from gpuknn._backend import to_host, usable_cores
+from gpuknn.metrics import from_scores
 from gpuknn.search import partition as partition_module
 from gpuknn.search.base import SearchBase
-from gpuknn.search.rounding import float64_top_k
-from gpuknn.search.topk import merge_k, select_k
+from gpuknn.search.rounding import float64_top_k, gamma
+from gpuknn.search.topk import candidates_for, merge_k, select_k
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +61,6 @@ def _merged(values: list[Any], columns: list[Any], keep: int, xp: ModuleType,
         return values[0], columns[0]
     values, columns = xp.concatenate(values, axis=1), xp.concatenate(columns, axis=1)
     return merge_k(values, columns, min(keep, values.shape[1]), xp=xp)
-
-
-def candidates_for(k: int) -> int:
-    """Surrogate candidates kept per tile for a top k: a margin against rounding error."""
-    return k + max(8, k // 4)
 
 
 class ExactSearch:
@@ -208,10 +204,19 @@ class ExactSearch:
         positions : array of shape (n_queries, k), int64
             Rows of ``vectors``; ties are broken by the smaller row.
         """
+        scores, positions = self.ranked(queries, k)
+        return from_scores(scores, self.metric, xp=self.xp), positions
+
+    def ranked(self, queries: Any, k: int, *, nprobe: int | None = None,
+               ) -> tuple[Any, Any]:
+        """:meth:`search`'s answer before its conversion: the ranking scores (squared L2
+        distance or negated inner product, float32, ascending; ties by the smaller
+        row), which shards of one base are merged on. ``nprobe`` is unused (an IVF
+        index's :meth:`~gpuknn.search.faiss_index.IVFSearch.ranked` takes it)."""
         xp = self.xp
         queries = xp.ascontiguousarray(xp.asarray(queries), dtype=xp.float32)
         n_queries = queries.shape[0]
-        distances = xp.empty((n_queries, k), dtype=xp.float32)
+        scores = xp.empty((n_queries, k), dtype=xp.float32)
         positions = xp.empty((n_queries, k), dtype=xp.int64)
         step = (PARTITION_CHUNK if self._partition is not None
                 else QUERY_CHUNK if xp is np else GPU_QUERY_CHUNK)
@@ -226,16 +231,16 @@ class ExactSearch:
             else:
                 found = self._tile_candidates([ranked[chunk] for chunk in group], k)
             for chunk, (values, columns) in zip(group, found, strict=True):
-                distances[chunk], positions[chunk] = self._finalize(
+                scores[chunk], positions[chunk] = self._finalize(
                     queries[chunk], ranked[chunk], values, columns, k)
 
         if self._partition is not None:
             # Pruned search is many small numpy calls under the GIL: one thread, and small
             # single-threaded GEMMs (waking BLAS threads for each would cost more).
-            with _single_threaded_blas():
+            with single_threaded_blas():
                 for chunk in chunks:
                     run([chunk])
-            return distances, positions
+            return scores, positions
         workers = usable_cores() if xp is np else 1
         # A group of chunks shares each base block's scaled rows (made once per group).
         size = max(1, min(GROUP_CHUNKS, -(-len(chunks) // workers)))
@@ -243,12 +248,12 @@ class ExactSearch:
         if workers < 2 or len(groups) < 2:
             for group in groups:
                 run(group)
-            return distances, positions
+            return scores, positions
         # The top-k half of the work is single-threaded numpy: run one group per core,
         # each with a single-threaded BLAS, instead of one chunk on a multi-threaded BLAS.
-        with _single_threaded_blas(), ThreadPoolExecutor(min(workers, len(groups))) as pool:
+        with single_threaded_blas(), ThreadPoolExecutor(min(workers, len(groups))) as pool:
             list(pool.map(run, groups))
-        return distances, positions
+        return scores, positions
 
     def _block_width(self, n_rows: int) -> int:
         return block_width(n_rows, self.dim, self.tile_bytes)
@@ -284,8 +289,8 @@ class ExactSearch:
 
     def _finalize(self, queries: Any, ranked: Any, values: Any, columns: Any,
                   k: int) -> tuple[Any, Any]:
-        """Recompute candidate distances exactly, re-rank, re-search the rows in doubt,
-        and convert to the metric convention."""
+        """Recompute candidate distances exactly, re-rank and re-search the rows in doubt:
+        the ranking scores of the k winners."""
         xp = self.xp
         if self._partition is not None:  # already the k best, scored by _pair_scores
             exact, winners = values, columns
@@ -296,16 +301,38 @@ class ExactSearch:
             doubt = xp.flatnonzero(bound.in_doubt(ranked, values[:, -1], exact[:, -1], xp=xp))
             if doubt.size:
                 exact[doubt], winners[doubt] = self._research(queries[doubt], k)
-        if self.metric == "L2":
-            return xp.sqrt(exact), winners
-        return -exact, winners
+        return exact, winners
 
     def _research(self, queries: Any, k: int) -> tuple[Any, Any]:
-        """The k winners of rows in doubt, chosen in float64; their scores recomputed and
-        ranked as every other row's are (float32, ties to the smaller row)."""
-        _, winners = float64_top_k(self.vectors, self._base.center, queries, k, self.metric,
-                                   xp=self.xp)
-        return merge_k(self._exact_scores(queries, winners), winners, k, xp=self.xp)
+        """The k winners of rows in doubt, by (float32 pair score, row) as every other
+        row's are ranked. Candidates are chosen in float64 with a margin, widened until
+        no row outside it could, within float32's rounding, reach the k-th winner (near
+        ties chosen in float64 alone would follow float64's order, not the ranking's)."""
+        xp = self.xp
+        scores = xp.empty((queries.shape[0], k), dtype=xp.float32)
+        rows = xp.empty((queries.shape[0], k), dtype=xp.int64)
+        todo, take = xp.arange(queries.shape[0]), min(candidates_for(k), self.ntotal)
+        while todo.size:
+            edge, candidates = float64_top_k(self.vectors, self._base.center, queries[todo],
+                                             take, self.metric, xp=xp)
+            best, winners = merge_k(self._exact_scores(queries[todo], candidates), candidates,
+                                    k, xp=xp)
+            scores[todo], rows[todo] = best, winners
+            if take == self.ntotal:
+                break
+            kth, edge = best[:, -1].astype(xp.float64), edge[:, -1].astype(xp.float64)
+            todo = todo[edge - self._pair_slack(queries[todo], kth, edge) <= kth]
+            take = min(4 * take, self.ntotal)
+        return scores, rows
+
+    def _pair_slack(self, queries: Any, kth: Any, edge: Any) -> Any:
+        """How far two float32 pair scores near ``kth`` and ``edge`` can be off, together
+        (and ``edge``'s own rounding to float32): (n_rows,) float64."""
+        xp, spread = self.xp, 4 * gamma(self.dim + 2)
+        if self.metric == "L2":
+            return spread * (xp.abs(kth) + xp.abs(edge))
+        q_norm = xp.sqrt((queries.astype(xp.float64) ** 2).sum(axis=1))
+        return spread * q_norm * self._base.bound.radius + spread * xp.abs(edge)
 
     def _pair_scores(self, queries: Any, which: Any, rows: Any) -> Any:
         """Direct squared L2 (or negated inner product) of each pair (``queries[which[i]]``,
@@ -419,7 +446,7 @@ def _blas_controller() -> Any:
     return ThreadpoolController()
 
 
-def _single_threaded_blas():
+def single_threaded_blas():
     """Limit BLAS to one thread (process-wide) for the duration of a ``with`` block."""
     return _blas_controller().limit(limits=1, user_api="blas")
 

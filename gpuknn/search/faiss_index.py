@@ -16,8 +16,9 @@ import numpy as np
 
 from gpuknn import _backend
 from gpuknn.errors import DataError, DependencyError, ModelFileError, first_line
-from gpuknn.metrics import MISSING_INDEX, missing_distance
+from gpuknn.metrics import MISSING_INDEX, from_scores
 from gpuknn.search.faiss_gpu import GPU_MAX_K, GpuIVF, faiss_has_gpu
+from gpuknn.search.topk import candidates_for, merge_with_missing
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +160,9 @@ class IVFSearch:
         _add(faiss, index, vectors, give_up=give_up)
         return cls(index, metric, nprobe)
 
-    def to_device(self, device: str) -> IVFSearch:
-        """This index, searching on faiss-gpu if ``device`` is ``"gpu"`` and it can.
+    def to_device(self, device: str, *, ordinal: int = 0) -> IVFSearch:
+        """This index, searching on faiss-gpu (GPU ``ordinal``) if ``device`` is ``"gpu"``
+        and it can.
 
         Without faiss-gpu, or if the copy fails, the CPU index keeps searching and a
         warning says why.
@@ -172,7 +174,7 @@ class IVFSearch:
         pq_m = int(faiss.downcast_index(self.index).pq.M) if kind == "faiss.IVFPQ" else None
         try:
             self.gpu = GpuIVF.from_cpu(faiss, self.index, index_type=kind, pq_m=pq_m,
-                                       nprobe=self.nprobe)
+                                       nprobe=self.nprobe, device=ordinal)
         except RuntimeError as err:
             log.warning("faiss-gpu could not load the %s index (%s); it searches on the CPU",
                         kind, first_line(err))
@@ -230,32 +232,60 @@ class IVFSearch:
         distances : ndarray of shape (n_queries, k), float32
             In the convention of :mod:`gpuknn.metrics`.
         positions : ndarray of shape (n_queries, k), int64
-            Rows of the indexed vectors.
+            Rows of the indexed vectors (the ids they were added with).
         """
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        if self.gpu is not None and self.gpu.can_search(k):
-            distances, positions = self.gpu.search(queries, k)
-        else:
-            distances, positions = self.index.search(queries, k,
-                                                      params=self._search_parameters(self.nprobe))
+        scores, positions = self.ranked(queries, k)
         # Where nothing is missing (nearly always), one flat pass over the positions is the
-        # only cost of the short-row and missing-neighbour handling.
-        missing = positions == MISSING_INDEX
-        found_all = not missing.any()
-        if not found_all and self.nprobe < self.index.nlist:
-            short = np.flatnonzero(missing.any(axis=1))
-            everywhere = self._search_parameters(self.index.nlist)
-            distances[short], positions[short] = self.index.search(queries[short], k,
-                                                                   params=everywhere)
-            missing = positions == MISSING_INDEX
-            found_all = not missing.any()
-        distances = distances.astype(np.float32, copy=False)
-        if self.metric == "L2":  # faiss's squared distances, square-rooted in place
-            np.maximum(distances, 0, out=distances)
-            np.sqrt(distances, out=distances)
-        if not found_all:
-            distances[missing] = missing_distance(self.metric)
-        return distances, positions.astype(np.int64, copy=False)
+        # only cost of the short-row handling.
+        short = missing_rows(positions)
+        if short.size and self.nprobe < self.index.nlist:
+            scores[short], positions[short] = self.ranked(queries[short], k,
+                                                          nprobe=self.index.nlist)
+        return from_scores(scores, self.metric), positions
+
+    def ranked(self, queries: np.ndarray, k: int, *, nprobe: int | None = None,
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """The best k in ``nprobe`` lists (default :attr:`nprobe`) by (ranking score, id):
+        squared L2 distance or negated inner product, float32, ascending; a missing
+        neighbour is ``+inf`` and ``-1``. Short rows are not searched again:
+        :meth:`search` does that, and so does a sharded index, over all its shards.
+
+        faiss keeps an arbitrary few of the rows tied at the k-th distance. So a few more
+        are asked for, and rows whose last one still ties the k-th are asked again with
+        more, until every row tied at the k-th is seen: ties then go to the smaller id,
+        as in exact search and whatever the index's split into shards.
+        """
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        nprobe = self.nprobe if nprobe is None else int(nprobe)
+        scores = np.empty((len(queries), k), dtype=np.float32)
+        ids = np.empty((len(queries), k), dtype=np.int64)
+        todo, take = np.arange(len(queries)), max(min(candidates_for(k), self.ntotal), k)
+        while todo.size:
+            found, at = self._faiss_scores(queries[todo], take, nprobe)
+            scores[todo], ids[todo] = merge_with_missing(found, at, k)
+            if take >= self.ntotal:
+                break
+            # all seen: the last candidate is worse than the k-th, or the lists ran out
+            seen = (found[:, -1] > scores[todo, -1]) | (at[:, -1] == MISSING_INDEX)
+            todo, take = todo[~seen], min(4 * take, self.ntotal)
+        return scores, ids
+
+    def _faiss_scores(self, queries: np.ndarray, k: int, nprobe: int,
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """faiss's own answer as ranking scores (ties cut anywhere)."""
+        if nprobe == self.nprobe and self.gpu is not None and self.gpu.can_search(k):
+            scores, positions = self.gpu.search(queries, k)
+        else:
+            scores, positions = self.index.search(queries, k,
+                                                  params=self._search_parameters(nprobe))
+        scores = scores.astype(np.float32, copy=False)
+        if self.metric != "L2":
+            np.negative(scores, out=scores)
+        missing = positions == MISSING_INDEX  # faiss reports them at its float maximum
+        if missing.any():
+            scores[missing] = np.inf
+        return scores, positions.astype(np.int64, copy=False)
 
     def _search_parameters(self, nprobe: int) -> Any:
         """faiss's ``SearchParametersIVF`` probing ``nprobe`` lists, made once per value.
@@ -356,3 +386,9 @@ def index_kind(index: Any) -> str:
         if isinstance(index, cls):
             return kind
     raise ModelFileError(f"unsupported faiss index class {type(index).__name__}")
+
+
+def missing_rows(positions: np.ndarray) -> np.ndarray:
+    """Rows of an (n, k) answer that lack a neighbour (a ``-1``), as indices."""
+    missing = positions == MISSING_INDEX
+    return np.flatnonzero(missing.any(axis=1)) if missing.any() else np.empty(0, np.int64)

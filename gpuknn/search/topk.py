@@ -186,6 +186,26 @@ def merge_k(values: Any, columns: Any, k: int, *, xp: ModuleType = np) -> tuple[
     return _stable_smallest(values, columns, k, xp=xp)
 
 
+def candidates_for(k: int) -> int:
+    """Candidates kept for a top k: the margin a tiled exact search keeps against rounding
+    error, and an IVF search asks faiss for to see the rows tied at the k-th."""
+    return k + max(8, k // 4)
+
+
+def merge_with_missing(values: Any, columns: Any, k: int, *, xp: ModuleType = np,
+                       ) -> tuple[Any, Any]:
+    """:func:`merge_k` of candidates that may include missing ones (column ``-1``, value
+    ``+inf``, any number of them in a row): the k best by (value, column), missing last.
+    """
+    missing = columns < 0
+    stand_ins = np.iinfo(np.int64).max - columns.shape[1]
+    if bool(missing.any()):  # distinct stand-ins (merge_k wants unique columns), sorting last
+        columns = xp.where(missing, stand_ins + xp.arange(columns.shape[1]), columns)
+    values, columns = merge_k(values, columns, k, xp=xp)
+    columns[columns >= stand_ins] = -1
+    return values, columns
+
+
 def _take_rows(array: Any, indices: Any, *, xp: ModuleType) -> Any:
     """``take_along_axis(array, indices, axis=1)`` for 2-D arrays, as one flat ``take``.
 

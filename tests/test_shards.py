@@ -1,0 +1,224 @@
+"""Sharded search answers exactly as the whole index (gpuknn.search.shards).
+
+Every answer a model gives (ids, distances, labels, votes, predictions) is compared bit
+for bit between the whole index and 1, 2, 3 and 7 shards, for every index type and
+metric and k = 1, 10 and 2048. The data are small whole numbers in few dimensions, so
+distance ties are everywhere and straddle every shard boundary; with 3,001 rows, 7 shards
+hold 428 or 429 rows each, fewer than k = 2048. On the CPU each shard has its own thread,
+so these tests cover every line of the shard layer; the GPU tests put the shards on one
+device to prove the device side.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from gpuknn import KNN, KNNModel, _backend
+from gpuknn.errors import ClientError, DeviceError
+from gpuknn.search import placement
+from gpuknn.search.exact import ExactSearch
+from gpuknn.search.shards import Shard, ShardedSearch, ShardError, shard_index, split_rows
+
+pytest.importorskip("faiss")
+
+ROWS, DIM, QUERIES = 3001, 6, 40
+SHARD_COUNTS = (1, 2, 3, 7)
+INDEX_TYPES = ("faiss.Flat", "faiss.IVFFlat", "faiss.IVFPQ")
+METRICS = ("L2", "INNER_PRODUCT", "COSINE")
+
+
+def tied_data(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows of whole numbers 0-2 (729 distinct points for 3,001 rows: duplicates and
+    equal distances everywhere), labels 0-4 and queries from the same grid."""
+    rng = np.random.default_rng(seed)
+    X = rng.integers(0, 3, size=(ROWS, DIM)).astype(np.float32)
+    y = rng.integers(0, 5, size=ROWS).astype(np.float32)
+    Q = rng.integers(0, 3, size=(QUERIES, DIM)).astype(np.float32)
+    return X, y, Q
+
+
+def fitted(index_type: str, metric: str, **extra) -> KNNModel:
+    X, y, _ = tied_data()
+    settings = {"faiss_index_ivf_nlists": 8, "faiss_index_nprobe": 2}
+    if index_type == "faiss.IVFPQ":
+        settings["faiss_index_pq_m"] = 3
+    hp = {"k": 10, "predictor_type": "classifier", "sample_size": ROWS, "feature_dim": DIM,
+          "index_type": index_type, "index_metric": metric, **settings, **extra}
+    return KNN(device="cpu", **hp).fit(X, y).fitted_model
+
+
+def assert_same_answers(whole: KNNModel, split: KNNModel, Q: np.ndarray, k: int) -> None:
+    whole.k = split.k = k
+    expected, got = whole.answer(Q), split.answer(Q)
+    for field in dataclasses.fields(expected):
+        want, have = getattr(expected, field.name), getattr(got, field.name)
+        assert (want is None) == (have is None), field.name
+        if want is not None:
+            np.testing.assert_array_equal(have, want, err_msg=f"{field.name}, k={k}")
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("index_type", INDEX_TYPES)
+def test_shards_answer_exactly_as_the_whole_index(index_type, metric):
+    model = fitted(index_type, metric)
+    _, _, Q = tied_data()
+    for shards in SHARD_COUNTS:
+        split = model.sharded(shards)
+        assert split.n_shards == shards
+        for k in (1, 10, 2048):
+            assert_same_answers(model, split, Q, k)
+
+
+def test_the_matrix_has_ties_across_shard_boundaries_and_short_ivf_rows():
+    """The data the matrix runs on really has what it is meant to test."""
+    model = fitted("faiss.Flat", "L2")
+    _, _, Q = tied_data()
+    distances, ids = model.kneighbors(Q, 2048)
+    kth = distances[:, -1:]
+    tied_at_k = (distances == kth).sum(axis=1)
+    assert (tied_at_k > 1).all()  # the k-th place is shared by several rows
+    boundaries = [stop for _, stop in split_rows(ROWS, 7)[:-1]]
+    crossing = [((ids[row][distances[row] == kth[row]] < b).any()
+                 and (ids[row][distances[row] == kth[row]] >= b).any()) for row in
+                range(QUERIES) for b in boundaries]
+    assert any(crossing)
+    ivf = fitted("faiss.IVFFlat", "L2")
+    ivf.k = 2048
+    scores, rows = ivf.index.ranked(ivf.preparation.apply(Q, xp=np), 2048)
+    assert (rows == -1).any()  # nprobe 2 finds fewer than k: the re-search over all lists
+
+
+def test_a_partitioned_exact_base_splits_into_shards_that_answer_as_it_does():
+    X, _, Q = tied_data()
+    X = np.repeat(X, 2, axis=0)  # enough rows for cluster pruning to take
+    whole = ExactSearch(X, "L2", partition="always")
+    assert whole.partitioned
+    expected = whole.search(Q, 50)
+    for shards in (2, 3):
+        split = shard_index(whole, shards, partition="always")
+        assert all(shard.search.partitioned for shard in split.shards)
+        got = split.search(Q, 50)
+        np.testing.assert_array_equal(got[0], expected[0])
+        np.testing.assert_array_equal(got[1], expected[1])
+        split.close()
+
+
+def test_a_sign_reduced_model_shards():
+    model = fitted("faiss.Flat", "L2", dimension_reduction_type="sign",
+                   dimension_reduction_target=3)
+    _, _, Q = tied_data()
+    for shards in (2, 7):
+        assert_same_answers(model, model.sharded(shards), Q, 10)
+
+
+def test_more_shards_than_rows_leaves_empty_shards_that_answer_nothing():
+    X, y, Q = tied_data()
+    model = KNN(device="cpu", k=3, predictor_type="regressor", sample_size=5,
+                feature_dim=DIM).fit(X[:5], y[:5]).fitted_model
+    split = model.sharded(7)
+    assert [shard.rows for shard in split.index.shards] == [1, 1, 1, 1, 1, 0, 0]
+    for k in (1, 3, 5):
+        assert_same_answers(model, split, Q, k)
+
+
+def test_a_failing_shard_fails_the_search_and_names_itself():
+    X, _, Q = tied_data()
+    whole = ExactSearch(X, "L2")
+    split = shard_index(whole, 3)
+    broken = split.shards[1]
+    # A real fault: shard 1 holds vectors of the wrong width, so its GEMM raises.
+    wrong = ExactSearch(np.zeros((broken.rows, DIM + 1), np.float32), "L2")
+    shards = [*split.shards[:1], dataclasses.replace(broken, search=wrong), *split.shards[2:]]
+    faulty = ShardedSearch(shards, "L2", whole)
+    with pytest.raises(ShardError, match=r"shard 1 of 3 \(rows 1001-2000, CPU\) failed"):
+        faulty.search(Q, 10)
+    split.close()
+    faulty.close()
+
+
+def test_shards_must_cover_the_rows_in_order():
+    whole = ExactSearch(tied_data()[0], "L2")
+    with pytest.raises(ValueError, match="without gaps"):
+        ShardedSearch([Shard(0, 0, 10, whole), Shard(1, 11, ROWS, whole)], "L2", whole)
+
+
+def test_split_rows_is_contiguous_and_near_equal():
+    assert split_rows(10, 3) == [(0, 4), (4, 7), (7, 10)]
+    assert split_rows(2, 4) == [(0, 1), (1, 2), (2, 2), (2, 2)]
+    with pytest.raises(ValueError, match="at least 1"):
+        split_rows(10, 0)
+
+
+def test_a_sharded_model_saves_the_whole_index_and_loads_sharded(tmp_path):
+    model = fitted("faiss.IVFPQ", "L2")
+    _, _, Q = tied_data()
+    path = model.sharded(3).save(tmp_path / "model")
+    again = KNNModel.load(path, device="cpu", shards=3)
+    assert again.n_shards == 3
+    assert_same_answers(model, again, Q, 10)
+    assert KNNModel.load(path, device="cpu").n_shards == 1
+    with pytest.raises(ClientError, match="shards must be a positive integer"):
+        KNNModel.load(path, device="cpu", shards=0)
+
+
+def test_the_estimator_takes_shards(tmp_path):
+    X, y, Q = tied_data()
+    common = {"k": 10, "predictor_type": "classifier", "sample_size": ROWS,
+              "feature_dim": DIM}
+    whole = KNN(device="cpu", **common).fit(X, y)
+    split = KNN(device="cpu", shards=3, **common).fit(X, y)
+    assert split.fitted_model.n_shards == 3
+    assert split.get_params()["shards"] == 3
+    np.testing.assert_array_equal(split.predict(Q), whole.predict(Q))
+    np.testing.assert_array_equal(split.kneighbors(Q)[1], whole.kneighbors(Q)[1])
+
+
+def test_devices_are_parsed_and_checked():
+    from gpuknn import devices
+
+    assert devices.parse("all") is None and devices.parse(None) is None
+    assert devices.parse("0, 2") == (0, 2) and devices.parse([1]) == (1,)
+    for bad in ("gpu0", "-1", "0,0", ""):
+        if bad:
+            with pytest.raises(DeviceError, match="devices"):
+                devices.parse(bad)
+    assert devices.resolve("0,1", "cpu") == ()
+    if not _backend.has_gpu():
+        assert devices.resolve("all", "gpu") == ()
+
+
+def test_placement_says_replicas_shards_or_too_large():
+    gib = 2**30
+    need = placement.index_bytes("faiss.Flat", 10_000_000, 128)
+    per_row = 4 * 128 + 4
+    fixed = need - per_row * 10_000_000
+    assert placement.choose(need, 10**7, [16 * gib] * 4, per_row=per_row,
+                            fixed=fixed).mode == "replicas"
+    split = placement.choose(need, 10**7, [3 * gib] * 6, per_row=per_row, fixed=fixed)
+    usable = placement.USABLE_SHARE * 3 * gib
+    part = [fixed + per_row * -(-10**7 // shards) for shards in range(1, 7)]
+    assert split.mode == "shards"  # the fewest shards that fit
+    assert part[split.shards - 1] <= usable < part[split.shards - 2]
+    assert f"{split.shards} shards need" in split.reason
+    assert placement.choose(need, 10**7, [gib] * 2, per_row=per_row,
+                            fixed=fixed).mode == "too-large"
+    # The README's figure: about 28M rows of 128-d fit a 16 GB card for exact search.
+    assert 25e6 < placement.rows_per_gpu("faiss.Flat", 128, 16 * gib) < 30e6
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("index_type", ("faiss.Flat",))
+@pytest.mark.parametrize("metric", METRICS)
+def test_gpu_shards_answer_as_the_cpu_whole_index(index_type, metric):
+    if not _backend.has_gpu():
+        pytest.skip("needs a CUDA GPU with CuPy")
+    model = fitted(index_type, metric)
+    _, _, Q = tied_data()
+    for shards in (1, 2):
+        split = model.sharded(shards, devices=(0,))
+        assert split.index.device == "gpu"
+        for k in (1, 10, 2048):
+            assert_same_answers(model, split, Q, k)
