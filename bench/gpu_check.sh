@@ -35,7 +35,8 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader \
 
 # test_faiss_gpu.py's GPU tests also need faiss-gpu; with faiss-cpu they skip, saying so.
 tests=(tests/test_kernels.py tests/test_exact.py tests/test_topk.py tests/test_reduction.py
-       tests/test_predict.py tests/test_faiss_gpu.py tests/test_multimodel_parts.py)
+       tests/test_predict.py tests/test_faiss_gpu.py tests/test_multimodel_parts.py
+       tests/test_shards.py)
 "$PY" -c "import sklearn" 2>/dev/null && tests+=(tests/test_estimator.py)
 timeout 240 "$PY" -m pytest -q -m gpu -p no:cacheprovider -o addopts=-ra "${tests[@]}" 2>&1 \
     | tee "$OUT/gpu_check-pytest.txt"

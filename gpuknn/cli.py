@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -205,6 +206,7 @@ def _add_serve(commands) -> None:
                        help="worker processes, or 'auto' (default): one per core on the CPU, "
                             "as memory allows; one on a GPU")
     serve.add_argument("--device", choices=DEVICES, default="auto", help=DEVICE_HELP)
+    _add_placement(serve)
     serve.add_argument("--max-batch-rows", type=int, default=4096, metavar="N",
                        help="rows per coalesced search batch")
     serve.add_argument("--max-wait-ms", type=float, default=2.0, metavar="MS",
@@ -278,6 +280,7 @@ def _add_transform(commands) -> None:
                            help="split type None reads each file as one request of at most "
                                 "this size (default: $SAGEMAKER_MAX_PAYLOAD_IN_MB, else 6)")
     transform.add_argument("--device", choices=DEVICES, default="auto", help=DEVICE_HELP)
+    _add_placement(transform)
     transform.add_argument("--ray-address", default=None, metavar="ADDR",
                            help="run on a Ray cluster with Ray Data: actors that each load "
                                 "the model once (on a GPU of their own where the cluster has "
@@ -300,6 +303,19 @@ def _positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text!r}: a positive number")
     return value
+
+
+def _add_placement(parser: argparse.ArgumentParser) -> None:
+    """``--shards`` and ``--devices``, defaulting to ``$GPUKNN_SHARDS`` and
+    ``$GPUKNN_DEVICES`` (the container's way to set them)."""
+    shards = os.environ.get("GPUKNN_SHARDS", "").strip() or None
+    parser.add_argument("--shards", type=_positive, default=shards, metavar="N",
+                        help="split the index into N shards searched concurrently and merged "
+                             "(identical answers); default $GPUKNN_SHARDS, else only a model "
+                             "too large for one GPU is split")
+    parser.add_argument("--devices", default=os.environ.get("GPUKNN_DEVICES") or None,
+                        metavar="all|0,2,...",
+                        help="GPUs to use (default $GPUKNN_DEVICES, else every visible GPU)")
 
 
 def _positive(text: str) -> int:
@@ -377,7 +393,8 @@ def _serve(args: argparse.Namespace) -> int:
     payload = args.max_payload_mb or default_max_payload_mb()
     path = "" if multi_model else server.model_location(args.ml_root, args.model)
     settings = ServeSettings(path, args.device, args.max_batch_rows, args.max_wait_ms, payload,
-                             args.body_timeout_s, multi_model=multi_model)
+                             args.body_timeout_s, multi_model=multi_model,
+                             shards=args.shards, devices=args.devices)
     try:
         return server.serve(settings, host=args.host, port=args.port, workers=args.workers,
                             access_log=args.access_log, max_models_mb=max_models_mb)
@@ -404,7 +421,9 @@ def _transform(args: argparse.Namespace) -> None:
     elif args.ray_workers is not None:
         raise ClientError("--ray-workers needs --ray-address (host:port, auto or local)")
     else:
-        report = transform.run(KNNModel.load(args.model, device=args.device), job)
+        report = transform.run(KNNModel.load(args.model, device=args.device,
+                                             shards=args.shards,
+                                             devices=args.devices), job)
     print(f"gpuknn transform: {len(report.written)} file(s) written, {len(report.skipped)} "
           f"skipped (output exists), {report.rows} rows answered")
 

@@ -22,15 +22,22 @@ faiss = require_faiss()
 
 
 def reference_search(search: IVFSearch, queries: np.ndarray, k: int):
-    """IVFSearch.search as it was written before the lean path (CPU index)."""
+    """IVFSearch.search written plainly: every vector in the probed lists (all lists for
+    rows short of k), sorted by (distance, id), the first k."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
+    everything = max(search.index.ntotal, k)
     params = faiss.SearchParametersIVF(nprobe=search.nprobe)
-    distances, positions = search.index.search(queries, k, params=params)
-    short = np.flatnonzero((positions == MISSING_INDEX).any(axis=1))
+    distances, positions = search.index.search(queries, everything, params=params)
+    short = np.flatnonzero((positions[:, :k] == MISSING_INDEX).any(axis=1))
     if short.size and search.nprobe < search.index.nlist:
         everywhere = faiss.SearchParametersIVF(nprobe=search.index.nlist)
-        distances[short], positions[short] = search.index.search(queries[short], k,
+        distances[short], positions[short] = search.index.search(queries[short], everything,
                                                                  params=everywhere)
+    missing = positions == MISSING_INDEX
+    ranking = np.where(missing, np.inf, distances if search.metric == "L2" else -distances)
+    order = np.lexsort((np.where(missing, everything, positions), ranking), axis=1)[:, :k]
+    distances = np.take_along_axis(distances, order, axis=1)
+    positions = np.take_along_axis(positions, order, axis=1)
     missing = positions == MISSING_INDEX
     if search.metric == "L2":
         distances = np.sqrt(np.maximum(distances, 0))

@@ -87,7 +87,7 @@ def test_the_matrix_has_ties_across_shard_boundaries_and_short_ivf_rows():
     assert any(crossing)
     ivf = fitted("faiss.IVFFlat", "L2")
     ivf.k = 2048
-    scores, rows = ivf.index.ranked(ivf.preparation.apply(Q, xp=np), 2048)
+    _, rows = ivf.index.ranked(ivf.preparation.apply(Q, xp=np), 2048)
     assert (rows == -1).any()  # nprobe 2 finds fewer than k: the re-search over all lists
 
 
@@ -222,3 +222,28 @@ def test_gpu_shards_answer_as_the_cpu_whole_index(index_type, metric):
         assert split.index.device == "gpu"
         for k in (1, 10, 2048):
             assert_same_answers(model, split, Q, k)
+
+
+@pytest.mark.parametrize("how", ("flag", "environment"))
+def test_a_sharded_server_answers_byte_for_byte_as_a_whole_one(tmp_path, how):
+    """Real `gpuknn serve` processes: one whole, one with 3 shards (--shards or
+    $GPUKNN_SHARDS); every Accept gets the same bytes, and /model says 3 shards."""
+    from _server import OUTPUT_TYPES, Server, body_in, invoke, request
+
+    model = fitted("faiss.IVFFlat", "L2")
+    path = model.save(tmp_path / "model")
+    _, _, Q = tied_data()
+    flag, env = (["--shards", "3"], None) if how == "flag" else ([], {"GPUKNN_SHARDS": "3"})
+    whole = Server(["--model", str(path), "--device", "cpu"], tmp_path / "whole.log")
+    split = Server(["--model", str(path), "--device", "cpu", *flag], tmp_path / "split.log",
+                   env=env)
+    try:
+        whole.wait_ready(), split.wait_ready()
+        body, content_type = body_in("text/csv", Q)
+        for accept in (*OUTPUT_TYPES, "application/json; verbose=true"):
+            want = invoke(whole.port, body, content_type, accept)
+            got = invoke(split.port, body, content_type, accept)
+            assert got[0] == want[0] == 200 and got[2] == want[2], accept
+        assert b'"shards":3' in request(split.port, "GET", "/model")[2]
+    finally:
+        assert whole.stop() == 0 and split.stop() == 0, split.output()

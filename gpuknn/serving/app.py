@@ -67,7 +67,8 @@ class _State:
 
 
 def _load(settings: ServeSettings) -> KNNModel:
-    return KNNModel.load(settings.model_path, device=settings.device)
+    return KNNModel.load(settings.model_path, device=settings.device, shards=settings.shards,
+                         devices=settings.devices)
 
 
 def create_app(settings: ServeSettings,
@@ -134,7 +135,7 @@ def _model_info(state: _State):
             "gpuknn_version": _version.__version__, "k": hp.k,
             "predictor_type": hp.predictor_type, "feature_dim": model.feature_dim,
             "n_indexed": model.n_indexed, "index_type": hp.index_type,
-            "index_metric": hp.index_metric, "device": model.device,
+            "index_metric": hp.index_metric, "device": model.device, "shards": model.n_shards,
             "classes": classes if hp.predictor_type == "classifier" else None,
             "batches": state.batcher.batches, "rows_searched": state.batcher.rows})
 

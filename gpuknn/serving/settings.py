@@ -49,6 +49,11 @@ class ServeSettings:
     workers : int
         Worker processes of the server (each holds its own copy of a model's private
         memory, which the budget counts once per worker).
+    shards : int or None
+        Split the model's index into this many shards (:meth:`KNNModel.sharded`); None
+        splits only a model too large for one GPU.
+    devices : str or None
+        The GPUs to use (:mod:`gpuknn.devices`), None for every visible one.
     """
 
     model_path: str
@@ -63,6 +68,8 @@ class ServeSettings:
     budget_bytes: int = 0
     host_budget_bytes: int = 0
     workers: int = 1
+    shards: int | None = None
+    devices: str | None = None
 
 
 def default_max_payload_mb() -> float:
