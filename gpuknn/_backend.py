@@ -165,8 +165,9 @@ def gpu_count() -> int:
     return 0 if cupy is None else int(cupy.cuda.runtime.getDeviceCount())
 
 
-def gpu_properties(ordinal: int) -> tuple[str, int, int]:
-    """(name, free bytes, total bytes) of visible GPU ``ordinal``.
+def gpu_properties(ordinal: int) -> tuple[str, int]:
+    """(name, total bytes) of visible GPU ``ordinal``, read without making a CUDA context
+    (a server's supervisor asks, and must not hold memory on every GPU).
 
     Raises
     ------
@@ -176,10 +177,20 @@ def gpu_properties(ordinal: int) -> tuple[str, int, int]:
     cupy = _cupy()
     if cupy is None:
         raise DeviceError(f"no GPU is usable ({gpu_unavailable_reason()})")
-    name = cupy.cuda.runtime.getDeviceProperties(ordinal)["name"]
+    properties = cupy.cuda.runtime.getDeviceProperties(ordinal)
+    name = properties["name"]
+    return (name.decode() if isinstance(name, bytes) else str(name),
+            int(properties["totalGlobalMem"]))
+
+
+def gpu_free_memory(ordinal: int) -> int:
+    """Free bytes of visible GPU ``ordinal`` as the driver reports them (this makes a CUDA
+    context there, if the process has none)."""
+    cupy = _cupy()
+    if cupy is None:
+        raise DeviceError(f"no GPU is usable ({gpu_unavailable_reason()})")
     with cupy.cuda.Device(ordinal):
-        free, total = cupy.cuda.runtime.memGetInfo()
-    return (name.decode() if isinstance(name, bytes) else str(name)), int(free), int(total)
+        return int(cupy.cuda.runtime.memGetInfo()[0])
 
 
 def on_device(ordinal: int | None) -> Any:

@@ -149,6 +149,9 @@ def _add_train(commands) -> None:
                                         "(the container's 'train')", TRAIN, TRAIN_EXAMPLES)
     train.add_argument("--ml-root", default=None, metavar="DIR",
                        help="the job's ml root (default: $GPUKNN_ML_ROOT, else /opt/ml)")
+    train.add_argument("--devices", default=None, metavar="all|0,2,...",
+                       help="GPUs to use: the test channel is scored on all of them "
+                            "(default $GPUKNN_DEVICES, else every visible GPU)")
 
 
 SERVE = """
@@ -354,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "train":
         from gpuknn import train  # noqa: PLC0415 - keep start-up light
 
-        return train.main(args.ml_root)
+        return train.main(args.ml_root, gpus=args.devices)
     if args.command == "serve":
         return _serve(args)
     try:
@@ -406,8 +409,8 @@ def _serve(args: argparse.Namespace) -> int:
 def _transform(args: argparse.Namespace) -> None:
     from pathlib import Path  # noqa: PLC0415
 
-    from gpuknn.model.knn_model import KNNModel  # noqa: PLC0415 - keep start-up light
     from gpuknn.serving import transform  # noqa: PLC0415 - keep start-up light
+    from gpuknn.serving.replicas import load_replicas  # noqa: PLC0415
     from gpuknn.serving.settings import default_max_payload_mb  # noqa: PLC0415
 
     job = transform.TransformJob(Path(args.input), Path(args.output), args.content_type,
@@ -421,9 +424,8 @@ def _transform(args: argparse.Namespace) -> None:
     elif args.ray_workers is not None:
         raise ClientError("--ray-workers needs --ray-address (host:port, auto or local)")
     else:
-        report = transform.run(KNNModel.load(args.model, device=args.device,
-                                             shards=args.shards,
-                                             devices=args.devices), job)
+        report = transform.run(load_replicas(args.model, args.device, shards=args.shards,
+                                             gpus=args.devices), job)
     print(f"gpuknn transform: {len(report.written)} file(s) written, {len(report.skipped)} "
           f"skipped (output exists), {report.rows} rows answered")
 

@@ -75,19 +75,32 @@ def from_environment(default: str = ALL) -> str:
     return os.environ.get(DEVICES_VARIABLE, "").strip() or default
 
 
-def describe(ordinals: Sequence[int]) -> list[str]:
-    """One line per GPU: ordinal, name, free and total memory."""
+def describe(ordinals: Sequence[int], *, free: bool = True) -> list[str]:
+    """One line per GPU: ordinal, name, and its free (or, with ``free=False``, total)
+    memory; ``free`` makes a CUDA context on each GPU."""
     lines = []
     for ordinal in ordinals:
-        name, free, total = _backend.gpu_properties(ordinal)
-        lines.append(f"GPU {ordinal}: {name}, {free / 2**30:.1f} of {total / 2**30:.1f} GiB free")
+        name, total = _backend.gpu_properties(ordinal)
+        memory = (f"{_backend.gpu_free_memory(ordinal) / 2**30:.1f} of {total / 2**30:.1f} "
+                  "GiB free" if free else f"{total / 2**30:.1f} GiB")
+        lines.append(f"GPU {ordinal}: {name}, {memory}")
     return lines
 
 
-def log_choice(ordinals: Sequence[int]) -> None:
+def log_choice(ordinals: Sequence[int], *, free: bool = True) -> None:
     """Log the chosen GPUs (or that the job runs on the CPU)."""
     if not ordinals:
         log.info("devices: the CPU (%d cores)", _backend.usable_cores())
         return
-    for line in describe(ordinals):
+    for line in describe(ordinals, free=free):
         log.info("devices: %s", line)
+
+
+def physical_ids(ordinals: Sequence[int]) -> list[str]:
+    """What ``$CUDA_VISIBLE_DEVICES`` must say for a child process to see GPU ``ordinal``
+    of this one as its only GPU: the entry at that place of this process's own list
+    (ordinals renumber it from 0), or the ordinal where the variable is unset."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    entries = [entry.strip() for entry in visible.split(",")] if visible else []
+    return [entries[ordinal] if ordinal < len(entries) else str(ordinal)
+            for ordinal in ordinals]

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from gpuknn import _backend, io
+from gpuknn import _backend, devices, io
 from gpuknn.environment import Channel, TrainingEnvironment, resolve_root
 from gpuknn.errors import (
     ClientError,
@@ -54,14 +54,19 @@ PROGRESS_SECONDS = 10.0
 EXIT_FAILED, EXIT_STOPPED = 1, 143
 
 
-def main(root: str | Path | None = None) -> int:
-    """Run a training job; returns the process exit code (0 on success)."""
+def main(root: str | Path | None = None, *, gpus: str | None = None) -> int:
+    """Run a training job; returns the process exit code (0 on success).
+
+    ``gpus`` is the ``devices`` setting (:mod:`gpuknn.devices`; default
+    ``$GPUKNN_DEVICES``, else every visible GPU): the test channel is scored on all of
+    them, the model split into one shard each.
+    """
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     env = None
     try:
         env = TrainingEnvironment.from_root(root)
         env.failure_file.unlink(missing_ok=True)  # an earlier run's reason is not this one's
-        train(env)
+        train(env, gpus=gpus)
         return 0
     except StoppedError:
         _fail(env, root, "Training was stopped (SIGTERM) before it finished; no model was "
@@ -85,11 +90,13 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise StoppedError("SIGTERM")
 
 
-def train(env: TrainingEnvironment) -> dict[str, float]:
+def train(env: TrainingEnvironment, *, gpus: str | None = None) -> dict[str, float]:
     """Train, save and score; returns the metrics written to ``output/data/metrics.json``."""
     _check_job(env)
     hp = parse(env.hyperparameters)
     device = _backend.resolve_device("auto")
+    ordinals = devices.resolve(gpus or devices.from_environment(), device)
+    devices.log_choice(ordinals)
     logger.info("Final configuration: %s", json.dumps(hp.to_strings(), sort_keys=True))
     logger.info("Host %s of %s; device %s", env.current_host, list(env.hosts),
                 _backend.device_name(_backend.array_module(device)))
@@ -97,13 +104,13 @@ def train(env: TrainingEnvironment) -> dict[str, float]:
         from gpuknn.distributed import hosts  # noqa: PLC0415 - needs Ray, only here
 
         return hosts.train(env, hp, device, lambda model, seconds: _finish(
-            env, hp, model, seconds))
+            env, hp, model, seconds, ordinals))
     model, seconds = _fit(env, hp, device)
-    return _finish(env, hp, model, seconds)
+    return _finish(env, hp, model, seconds, ordinals)
 
 
 def _finish(env: TrainingEnvironment, hp: Hyperparameters, model: KNNModel,
-            seconds: float) -> dict[str, float]:
+            seconds: float, ordinals: tuple[int, ...] = ()) -> dict[str, float]:
     """Log the training metrics, save the model, score the test channel."""
     started = time.perf_counter()
     rows = model.rows_seen
@@ -116,8 +123,9 @@ def _finish(env: TrainingEnvironment, hp: Hyperparameters, model: KNNModel,
     _save(model, env)
     metrics = {"train:throughput": throughput, "train:records": float(rows),
                "train:sample_size": float(model.n_indexed)}
-    if "test" in env.channels:
-        metrics.update(_score(model, env, hp))
+    if "test" in env.channels:  # on every chosen GPU: one shard each
+        scorer = model.sharded(len(ordinals), devices=ordinals) if len(ordinals) > 1 else model
+        metrics.update(_score(scorer, env, hp))
     env.metrics_file.parent.mkdir(parents=True, exist_ok=True)
     env.metrics_file.write_text(json.dumps(metrics, indent=2, sort_keys=True))
     logger.info("Job finished in %.2f s", time.perf_counter() - started)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from _compare import reference_knn
 
+from gpuknn import _backend
 from gpuknn.benchmark import engines, measure
 from gpuknn.benchmark.presets import Dataset
 from gpuknn.datasets.synthetic import clustered
@@ -29,7 +30,7 @@ def bench(*args: str) -> subprocess.CompletedProcess:
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     result = bench("--preset", "tiny", "--latency-budget", "0.1", "--min-time", "0.2",
-                   "--out", str(out))
+                   "--devices", "all", "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     folders = list(out.iterdir())
     assert len(folders) == 1 and folders[0].name.startswith("tiny-")
@@ -61,6 +62,18 @@ def test_tiny_preset_writes_every_output(tiny_run):
     table = (tiny_run / "results.md").read_text()
     assert table.count("\n| ") == len(rows) + 1  # the header and one row per setting
     assert "p50 / p99 ms, 500 queries" in table and "4,096" not in table
+
+
+def test_devices_writes_where_the_model_would_go(tiny_run):
+    """--devices: the placement on this machine's GPUs (none in CI, and it says so) and
+    the rows each documented instance's GPUs hold for the data's 32 dimensions."""
+    text = (tiny_run / "placement.md").read_text()
+    assert "Placement of 5,000 x 32 on" in text
+    assert "| ml.p3.16xlarge | 8 | 16 GB V100 |" in text
+    if not _backend.has_gpu():
+        assert "no GPU (none is visible)" in text and "| faiss.Flat | replicas" not in text
+    else:
+        assert "| faiss.Flat | replicas | 1 |" in text  # 5,000 rows fit any GPU
 
 
 def test_tiny_preset_draws_both_plots(tiny_run):

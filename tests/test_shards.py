@@ -21,6 +21,7 @@ from gpuknn.errors import ClientError, DeviceError
 from gpuknn.search import placement
 from gpuknn.search.exact import ExactSearch
 from gpuknn.search.shards import Shard, ShardedSearch, ShardError, shard_index, split_rows
+from gpuknn.search.streamed import StreamedSearch
 
 pytest.importorskip("faiss")
 
@@ -209,6 +210,60 @@ def test_placement_says_replicas_shards_or_too_large():
     assert 25e6 < placement.rows_per_gpu("faiss.Flat", 128, 16 * gib) < 30e6
 
 
+@pytest.mark.parametrize("metric", METRICS)
+def test_a_streamed_base_answers_as_the_whole_exact_search(metric):
+    """The segments (here 700 rows; the last one shorter, and fewer rows than k = 2048)
+    are searched one after another and merged: the whole search's answer, ties too."""
+    model = fitted("faiss.Flat", metric)
+    _, _, Q = tied_data()
+    queries = model.preparation.apply(Q, xp=np)
+    streamed = StreamedSearch(model.index.vectors, model.index.metric, xp=np, segment_rows=700)
+    assert [stop - start for start, stop in streamed.segments] == [700] * 4 + [201]
+    for k in (1, 10, 2048):
+        got, want = streamed.search(queries, k), model.index.search(queries, k)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+    for shards in (1, 3):
+        split = model.sharded(shards, segment_rows=500)
+        assert all(isinstance(shard.search, StreamedSearch) for shard in split.index.shards)
+        assert_same_answers(model, split, Q, 10)
+
+
+def test_placement_streams_an_exact_base_larger_than_the_gpus():
+    gib = 2**30
+    need = placement.Need.of("faiss.Flat", 100_000_000, 128)
+    chosen = placement.choose(need.whole, need.rows, [16 * gib] * 2, per_row=need.per_row,
+                              fixed=need.fixed, streamable=need.streamable)
+    assert chosen.mode == "streamed" and chosen.shards == 2
+    usable = placement.USABLE_SHARE * 16 * gib
+    assert need.fixed + 2 * need.per_row * chosen.segment_rows <= usable
+    ivf = placement.Need.of("faiss.IVFFlat", 100_000_000, 128)
+    assert not ivf.streamable
+    assert placement.choose(ivf.whole, ivf.rows, [16 * gib] * 2, per_row=ivf.per_row,
+                            fixed=ivf.fixed).mode == "too-large"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("metric", METRICS)
+def test_gpu_streamed_base_answers_as_the_cpu_whole_search(metric):
+    """One GPU, a streaming budget smaller than the base: pinned buffers, the copy
+    stream and its events, and the same answers as the CPU."""
+    if not _backend.has_gpu():
+        pytest.skip("needs a CUDA GPU with CuPy")
+    import cupy
+
+    model = fitted("faiss.Flat", metric)
+    _, _, Q = tied_data()
+    queries = model.preparation.apply(Q, xp=np)
+    streamed = StreamedSearch(model.index.vectors, model.index.metric, xp=cupy,
+                              segment_rows=700, device=0)
+    for k in (1, 10, 2048):
+        got, want = streamed.search(queries, k), model.index.search(queries, k)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+    streamed.close()
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("index_type", ("faiss.Flat",))
 @pytest.mark.parametrize("metric", METRICS)
@@ -247,3 +302,90 @@ def test_a_sharded_server_answers_byte_for_byte_as_a_whole_one(tmp_path, how):
         assert b'"shards":3' in request(split.port, "GET", "/model")[2]
     finally:
         assert whole.stop() == 0 and split.stop() == 0, split.output()
+
+
+SLOT_CLAIMER = """
+import sys, time
+from gpuknn.serving import replicas
+try:
+    print(replicas.claim_slot(sys.argv[1], 3), flush=True)
+except RuntimeError as err:
+    print("none:", err, flush=True)
+    sys.exit(0)
+sys.stdin.read()  # hold the slot until told to go
+"""
+
+
+def test_server_workers_take_distinct_gpu_slots_and_a_restart_takes_the_freed_one(tmp_path):
+    """Real processes lock slot files as server workers do: three get slots 0-2, a fourth
+    finds none, and after one ends a new one takes its slot."""
+    import subprocess
+    import sys
+
+    def start():
+        return subprocess.Popen([sys.executable, "-c", SLOT_CLAIMER, str(tmp_path)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    workers = [start() for _ in range(3)]
+    try:
+        slots = [int(worker.stdout.readline()) for worker in workers]
+        assert sorted(slots) == [0, 1, 2]
+        extra = start()
+        assert extra.stdout.readline().startswith("none: all 3 worker slots")
+        extra.wait(timeout=30)
+        workers[1].communicate("", timeout=30)  # ends: the kernel drops its lock
+        replacement = start()
+        workers.append(replacement)
+        assert int(replacement.stdout.readline()) == slots[1]
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.communicate("", timeout=30)
+
+
+def test_physical_gpu_ids_follow_cuda_visible_devices(monkeypatch):
+    from gpuknn import devices
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3, 5,GPU-abc")
+    assert devices.physical_ids([0, 2]) == ["3", "GPU-abc"]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert devices.physical_ids([0, 1]) == ["0", "1"]
+
+
+def test_no_replicas_on_the_cpu_or_with_shards(tmp_path):
+    from gpuknn.serving.server import replica_gpus
+    from gpuknn.serving.settings import ServeSettings
+
+    path = fitted("faiss.Flat", "L2").save(tmp_path / "model")
+    assert replica_gpus(ServeSettings(str(path), "cpu")) == []
+    assert replica_gpus(ServeSettings(str(path), "auto", shards=2)) == []
+
+
+def test_transform_with_replicas_writes_what_one_model_writes(tmp_path):
+    """Two replicas (threads, as one per GPU) answer a file each at a time; every output is
+    byte for byte the single model's, and a bad file still stops the run naming itself."""
+    from gpuknn.serving import transform
+    from gpuknn.serving.replicas import Replica, load_replicas
+
+    model = fitted("faiss.Flat", "L2")
+    _, _, Q = tied_data()
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for i in range(6):
+        np.savetxt(inputs / f"part-{i}.csv", Q[i::6], delimiter=",", fmt="%g")
+
+    def job(name):
+        return transform.TransformJob(inputs, tmp_path / name, "text/csv", None,
+                                      "application/jsonlines", 4, 6.0)
+
+    transform.run(model, job("one"), progress=False)
+    replicas = [Replica(model), Replica(model.sharded(2))]
+    report = transform.run(replicas, job("two"), progress=False)
+    assert len(report.written) == 6 and report.rows == QUERIES
+    for i in range(6):
+        name = f"part-{i}.csv.out"
+        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
+    assert [r.gpu for r in load_replicas(model.save(tmp_path / "m"), "cpu")] == [None]
+    (inputs / "part-3.csv").write_text("1,2\n")  # the wrong width
+    with pytest.raises(ClientError, match=r"part-3\.csv"):
+        transform.run(replicas, job("three"), progress=False)

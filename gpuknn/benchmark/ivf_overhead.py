@@ -157,26 +157,41 @@ def added_work(model: Any, queries: np.ndarray, *, k: int = K, repeat: int = 7
     }
 
 
+# Extra neighbours asked of faiss to see the rows tied at the k-th place.
+TIE_WINDOW = 64
+
+
 def same_results(model: Any, queries: np.ndarray, k: int = K) -> dict[str, Any]:
     """Whether ``model.kneighbors`` returns faiss's own answer, in gpuknn's convention.
 
     Compared on the rows where faiss's ``nprobe`` lists hold ``k`` vectors (gpuknn searches
     the others again over every list, on purpose): ids are ``model.ids`` of faiss's
-    positions, distances faiss's own (square-rooted for L2), bit for bit.
+    positions, distances faiss's own (square-rooted for L2), bit for bit. gpuknn breaks
+    ties at the k-th place by the smaller id, where faiss keeps any of the tied rows: faiss
+    is asked for ``k + TIE_WINDOW`` and its answer sorted by (distance, id); rows whose
+    ties run past that window are left out (``tied_rows`` counts them).
     """
     search = model.index
     prepared = model.preparation.apply(queries, xp=np)
     from gpuknn.search.faiss_index import require_faiss  # noqa: PLC0415
 
     params = require_faiss().SearchParametersIVF(nprobe=search.nprobe)
-    raw_d, raw_p = search.index.search(prepared, k, params=params)
+    wide = min(k + TIE_WINDOW, search.ntotal)
+    raw_d, raw_p = search.index.search(prepared, wide, params=params)
+    ranking = raw_d if search.metric == "L2" else -raw_d
+    order = np.lexsort((raw_p, ranking), axis=1)[:, :k]
+    kth = np.take_along_axis(ranking, order[:, -1:], axis=1)[:, 0]
+    raw_d = np.take_along_axis(raw_d, order, axis=1)
+    raw_p = np.take_along_axis(raw_p, order, axis=1)
     distances, ids = model.kneighbors(queries, k)
     full = ~(raw_p == -1).any(axis=1)
+    beyond = (ranking[:, -1] == kth) & full if wide > k else np.zeros(len(full), bool)
+    checked = full & ~beyond
     if search.metric == "L2":
         raw_d = np.sqrt(np.maximum(raw_d, 0))
-    return {"short_rows": int((~full).sum()),
-            "identical": bool(np.array_equal(ids[full], model.ids[raw_p[full]])
-                              and np.array_equal(distances[full], raw_d[full]))}
+    return {"short_rows": int((~full).sum()), "tied_rows": int(beyond.sum()),
+            "identical": bool(np.array_equal(ids[checked], model.ids[raw_p[checked]])
+                              and np.array_equal(distances[checked], raw_d[checked]))}
 
 
 def compare(model: Any, queries: np.ndarray, *, rounds: int = 15, settle_s: float = 0.05,

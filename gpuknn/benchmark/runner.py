@@ -50,6 +50,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="L2, the metric every peer supports (default: L2)")
     parser.add_argument("--device", choices=("cpu", "gpu", "all"), default="cpu",
                         help="where gpuknn runs; all = cpu and, if present, gpu (default: cpu)")
+    parser.add_argument("--devices", default=None, metavar="all|0,2,...",
+                        help="say how a model of this data would be placed on these GPUs "
+                             "(whole on each, N shards or streamed, and why) and how many "
+                             "rows each documented instance's GPUs hold; written to "
+                             "placement.md (default: off)")
     parser.add_argument("--peers", default="sklearn,faiss,hnswlib",
                         help="comma-separated peers: sklearn, faiss, hnswlib; missing ones are "
                              "skipped with a note (default: all three)")
@@ -145,11 +150,27 @@ def run(args: argparse.Namespace) -> list[Path]:
                                               budget_s=args.latency_budget)
     out = _run_folder(Path(args.out), data.name)
     written = report.write(results, data.describe(), out)
+    if getattr(args, "devices", None) is not None:
+        written.append(_placement(data, args.devices, out))
     print(written[1].read_text())
     if not any(path.suffix == ".png" for path in written):
         print("no plots: matplotlib is not installed (pip install 'gpuknn[bench]')")
     print(f"gpuknn bench: results in {out}/ ({', '.join(path.name for path in written)})")
     return written
+
+
+def _placement(data: presets.Dataset, choice: str, out: Path) -> Path:
+    """``placement.md``: how a model of ``data`` goes on the GPUs ``choice`` names."""
+    from gpuknn import devices  # noqa: PLC0415 - only with --devices
+    from gpuknn.search import placement  # noqa: PLC0415
+
+    ordinals = devices.resolve(choice, "gpu" if _backend.has_gpu() else "cpu")
+    free = [_backend.gpu_free_memory(ordinal) for ordinal in ordinals]
+    text = placement.report(len(data.X), data.X.shape[1], ordinals, free)
+    print(text)
+    path = out / "placement.md"
+    path.write_text(f"# Where the model goes\n\n{text}\n")
+    return path
 
 
 def _available(args: argparse.Namespace) -> tuple[tuple[str, ...], list[str]]:

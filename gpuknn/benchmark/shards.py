@@ -22,7 +22,7 @@ GOAL_RATIO = 1.1  # N shards on the same cores: at most 1.1x the whole index's t
 
 def sharded_against_whole(X: np.ndarray, queries: np.ndarray, index_type: str, *,
                           k: int = 10, shard_counts: Sequence[int] = (2, 4),
-                          rounds: int = 7, seed: int = 0) -> dict[str, Any]:
+                          rounds: int = 11, seed: int = 0) -> dict[str, Any]:
     """Median time (and spread) of ``kneighbors`` for the whole index and each shard count.
 
     Parameters

@@ -23,7 +23,7 @@ from gpuknn.metrics import MISSING_INDEX
 from gpuknn.model import files as model_files
 from gpuknn.model import predict
 from gpuknn.model.parts import ModelParts, Preparation, check_k
-from gpuknn.search.placement import place
+from gpuknn.search.placement import for_index
 from gpuknn.search.shards import shard_index
 
 ArrayLike = Any  # numpy.ndarray or cupy.ndarray
@@ -352,15 +352,18 @@ class KNNModel:
         """Shards the index is split into (1 when it is whole)."""
         return len(getattr(self.index, "shards", [None]))
 
-    def sharded(self, shards: int, *, devices: tuple[int, ...] = ()) -> KNNModel:
+    def sharded(self, shards: int, *, devices: tuple[int, ...] = (),
+                segment_rows: int = 0) -> KNNModel:
         """This model with its index split into ``shards``, searched concurrently (one
         thread each; on ``devices``, round robin, where GPUs are given) and merged: the
         answers are identical to the whole index's
         (:mod:`gpuknn.search.shards`). The vectors are shared where they can be (a
-        view of an unpartitioned base, or of its file's map)."""
+        view of an unpartitioned base, or of its file's map). With ``segment_rows``, an
+        exact shard stays in host memory and is streamed through its device that many
+        rows at a time (:mod:`gpuknn.search.streamed`)."""
         whole = getattr(self.index, "whole", self.index)
-        index = whole if shards == 1 and not devices else shard_index(whole, shards,
-                                                                       devices=devices)
+        index = whole if shards == 1 and not devices and not segment_rows else shard_index(
+            whole, shards, devices=devices, segment_rows=segment_rows)
         device = "gpu" if devices else self.device
         return KNNModel(self.hyperparameters, self.preparation, index, self.labels, self.ids,
                         device=device, rows_seen=self.rows_seen)
@@ -405,7 +408,10 @@ class KNNModel:
             return model if shards is None or shards == 1 else model.sharded(int(shards))
         device_choice.log_choice(ordinals)
         model = cls.from_parts(model_files.load(path, device="cpu", cache_dir=cache_dir))
-        return model.sharded(int(shards or place(model.index, ordinals)), devices=ordinals)
+        if shards is not None:
+            return model.sharded(int(shards), devices=ordinals)
+        chosen = for_index(model.index, ordinals)
+        return model.sharded(chosen.shards, devices=ordinals, segment_rows=chosen.segment_rows)
 
     def __repr__(self) -> str:
         hp = self.hyperparameters

@@ -17,6 +17,7 @@ from typing import Any
 from gpuknn import _backend
 from gpuknn.errors import DeviceError
 from gpuknn.search.exact import GPU_QUERY_CHUNK, ExactSearch, device_bytes
+from gpuknn.search.faiss_index import index_kind
 
 log = logging.getLogger(__name__)
 
@@ -44,17 +45,20 @@ class Placement:
 
     Attributes
     ----------
-    mode : {"replicas", "shards", "too-large"}
-        Whole on one GPU (a server runs one replica per GPU), split, or larger than
-        every chosen GPU together.
+    mode : {"replicas", "shards", "streamed", "too-large"}
+        Whole on one GPU (a server runs one replica per GPU), split, streamed from host
+        memory (exact search larger than every chosen GPU together), or too large.
     shards : int
     reason : str
         The bytes needed and free that decided it, for the log.
+    segment_rows : int
+        Streamed: rows each GPU holds at once (two segments of them, double buffered).
     """
 
     mode: str
     shards: int
     reason: str
+    segment_rows: int = 0
 
 
 def index_bytes(index_type: str, n_rows: int, dim: int, *, k: int = 10,
@@ -87,7 +91,7 @@ def index_bytes(index_type: str, n_rows: int, dim: int, *, k: int = 10,
 
 
 def choose(need: int, n_rows: int, free: Sequence[int], *, per_row: float,
-           fixed: int) -> Placement:
+           fixed: int, streamable: bool = False) -> Placement:
     """The placement of an index needing ``need`` bytes whole on GPUs with ``free`` bytes.
 
     Parameters
@@ -100,6 +104,9 @@ def choose(need: int, n_rows: int, free: Sequence[int], *, per_row: float,
     per_row, fixed : float, int
         A shard of r rows needs about ``fixed + per_row * r`` bytes (its working memory
         does not shrink with it).
+    streamable : bool
+        Exact search: too large for the GPUs together, it is streamed from host memory
+        (two segments a GPU, each of ``segment_rows``) rather than refused.
 
     Returns
     -------
@@ -119,38 +126,89 @@ def choose(need: int, n_rows: int, free: Sequence[int], *, per_row: float,
             return Placement("shards", shards, f"the index needs {need / gib:.2f} GiB, more "
                              f"than one GPU's {smallest / gib:.2f} GiB; {shards} shards need "
                              f"{part / gib:.2f} GiB each")
-    return Placement("too-large", 0, f"the index needs {need / gib:.2f} GiB; {len(free)} "
-                     f"GPU(s) of {smallest / gib:.2f} GiB usable each cannot hold it")
+    too_large = (f"the index needs {need / gib:.2f} GiB; {len(free)} GPU(s) of "
+                 f"{smallest / gib:.2f} GiB usable each cannot hold it")
+    segment = int((smallest - fixed) // (2 * per_row))
+    if streamable and segment >= 1:
+        return Placement("streamed", len(free), f"{too_large}: each streams its share from "
+                         f"host memory, {segment:,} rows at a time", segment)
+    return Placement("too-large", 0, too_large)
 
 
-def place(index: Any, ordinals: Sequence[int], *, k: int = 10) -> int:
-    """The shards an index loaded on the CPU needs on GPUs ``ordinals`` (1: whole on
-    the first), logged with the reason.
+@dataclass(frozen=True)
+class Need:
+    """GPU memory a search needs: ``fixed + per_row * rows`` bytes, for ``rows`` rows."""
+
+    rows: int
+    per_row: int
+    fixed: int
+    streamable: bool = False
+
+    @property
+    def whole(self) -> int:
+        """Bytes of the whole index."""
+        return self.fixed + self.per_row * self.rows
+
+    @classmethod
+    def of(cls, index_type: str, n_rows: int, dim: int, *, code_bytes: int | None = None,
+           k: int = 10) -> Need:
+        """The need of an index (``code_bytes``: an IVF index's bytes a row, default
+        IVFFlat's ``4 dim`` or IVFPQ's ``dim / 8``)."""
+        whole = index_bytes(index_type, n_rows, dim, k=k, pq_m=code_bytes)
+        if index_type == "faiss.Flat":
+            per_row = 4 * dim + 4
+        elif index_type == "faiss.IVFFlat":
+            per_row = 4 * dim + 8
+        else:
+            per_row = (code_bytes or max(1, dim // 8)) + 8
+        return cls(n_rows, per_row, max(whole - per_row * n_rows, 0),
+                   streamable=index_type == "faiss.Flat")
+
+    @classmethod
+    def of_index(cls, index: Any, *, k: int = 10) -> Need:
+        """The need of a loaded :class:`ExactSearch` or IVF index."""
+        if isinstance(index, ExactSearch):
+            return cls.of("faiss.Flat", int(index.ntotal), int(index.dim), k=k)
+        code = int(getattr(index.index, "code_size", 4 * int(index.dim)))
+        return cls.of(index_kind(index.index), int(index.ntotal), int(index.dim),
+                      code_bytes=code, k=k)
+
+    @classmethod
+    def of_metadata(cls, meta: dict[str, Any], *, k: int = 10) -> Need:
+        """The need of a model from its metadata (``model_algo-1.json``), unloaded."""
+        index = meta["index"]
+        return cls.of(index["type"], int(index["ntotal"]), int(index["dim"]),
+                      code_bytes=index.get("pq_m"), k=k)
+
+
+def place(need: Need, ordinals: Sequence[int], *, free: Sequence[int] | None = None,
+          ) -> Placement:
+    """:func:`choose` for GPUs ``ordinals`` (their free memory, read unless given),
+    logged with the reason."""
+    if free is None:
+        free = [_backend.gpu_free_memory(ordinal) for ordinal in ordinals]
+    chosen = choose(need.whole, need.rows, free, per_row=need.per_row, fixed=need.fixed,
+                    streamable=need.streamable)
+    log.info("placement on GPU(s) %s: %s, because %s", ", ".join(map(str, ordinals)),
+             chosen.mode if chosen.mode != "shards" else f"{chosen.shards} shards",
+             chosen.reason)
+    return chosen
+
+
+def for_index(index: Any, ordinals: Sequence[int]) -> Placement:
+    """The placement of an index loaded on the CPU on GPUs ``ordinals``: whole on the
+    first, N shards, or streamed.
 
     Raises
     ------
     DeviceError
-        When the GPUs together cannot hold it.
+        When the GPUs together cannot hold it (an IVF index).
     """
-    n_rows, dim = int(index.ntotal), int(index.dim)
-    if isinstance(index, ExactSearch):
-        need = index_bytes("faiss.Flat", n_rows, dim, k=k)
-        per_row = 4 * dim + 4
-    else:  # an IVF index: its code bytes a row, as faiss stores them
-        ivf = index.index
-        code = int(getattr(ivf, "code_size", 4 * dim))
-        per_row = code + 8
-        need = n_rows * per_row + index_bytes("faiss.IVFFlat", 0, dim, k=k)
-    fixed = max(need - int(per_row * n_rows), 0)
-    free = [_backend.gpu_properties(ordinal)[1] for ordinal in ordinals]
-    chosen = choose(need, n_rows, free, per_row=per_row, fixed=fixed)
-    log.info("placement on GPU(s) %s: %s, because %s", ", ".join(map(str, ordinals)),
-             chosen.mode if chosen.mode != "shards" else f"{chosen.shards} shards",
-             chosen.reason)
+    chosen = place(Need.of_index(index), ordinals)
     if chosen.mode == "too-large":
         raise DeviceError(f"the model does not fit the chosen GPUs: {chosen.reason}; choose "
                           "more devices, or device='cpu'")
-    return chosen.shards
+    return chosen
 
 
 def rows_per_gpu(index_type: str, dim: int, gpu_bytes: int, *, k: int = 10) -> int:
@@ -179,6 +237,27 @@ def instance_table(dim: int = 128) -> str:
             one = rows_per_gpu(kind, dim, gib * 2**30)
             cells.append(f"{_millions(one)} / {_millions(one * count)}")
         lines.append(f"| {name} | {count} | {gib} GB {model} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
+def report(n_rows: int, dim: int, ordinals: Sequence[int], free: Sequence[int]) -> str:
+    """Markdown: for an (n_rows, dim) model of each index type, its placement on GPUs
+    ``ordinals`` with ``free`` bytes (none: no GPU here), then :func:`instance_table`."""
+    lines = [f"## Placement of {n_rows:,} x {dim} on "
+             + (", ".join(f"GPU {o} ({f / 2**30:.1f} GiB free)" for o, f in
+                          zip(ordinals, free, strict=True)) or "no GPU (none is visible)"), ""]
+    if ordinals:
+        lines += ["| index | mode | shards | rows streamed at once | why |",
+                  "|---|---|---:|---:|---|"]
+        for kind in ("faiss.Flat", "faiss.IVFFlat", "faiss.IVFPQ"):
+            need = Need.of(kind, n_rows, dim)
+            chosen = choose(need.whole, n_rows, free, per_row=need.per_row, fixed=need.fixed,
+                            streamable=need.streamable)
+            lines.append(f"| {kind} | {chosen.mode} | {chosen.shards} | "
+                         f"{chosen.segment_rows or '-'} | {chosen.reason} |")
+        lines.append("")
+    lines += [f"Rows of {dim} dimensions each GPU of the documented instances holds:", "",
+              instance_table(dim)]
     return "\n".join(lines)
 
 

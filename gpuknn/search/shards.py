@@ -34,6 +34,7 @@ from gpuknn.errors import GpuknnError
 from gpuknn.metrics import MISSING_INDEX, from_scores
 from gpuknn.search.exact import ExactSearch, single_threaded_blas
 from gpuknn.search.faiss_index import IVFSearch, missing_rows, require_faiss
+from gpuknn.search.streamed import StreamedSearch
 from gpuknn.search.topk import merge_with_missing
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ class Shard:
             found, at = self.search.ranked(_backend.to_device(queries, xp), take, nprobe=nprobe)
             found, at = _backend.to_host(found), _backend.to_host(at)
         scores[:, :take] = found
-        offset = self.start if isinstance(self.search, ExactSearch) else 0
+        offset = 0 if isinstance(self.search, IVFSearch) else self.start  # IVF keeps global ids
         rows[:, :take] = np.where(at == MISSING_INDEX, MISSING_INDEX, at + offset)
         return scores, rows
 
@@ -227,7 +228,7 @@ def split_rows(n_rows: int, n_shards: int) -> list[tuple[int, int]]:
 
 
 def shard_index(index: Any, n_shards: int, *, devices: tuple[int, ...] = (),
-                partition: str = "auto") -> ShardedSearch:
+                partition: str = "auto", segment_rows: int = 0) -> ShardedSearch:
     """Split an exact or IVF index into ``n_shards`` that answer as it does.
 
     Parameters
@@ -239,6 +240,9 @@ def shard_index(index: Any, n_shards: int, *, devices: tuple[int, ...] = (),
         GPUs to place the shards on, round robin; empty keeps them on the CPU.
     partition : {"auto", "never", "always"}
         Cluster pruning of each exact shard on the CPU (see :class:`ExactSearch`).
+    segment_rows : int
+        Exact search only: keep each shard's rows in host memory and stream them through
+        its device this many at a time (:class:`~gpuknn.search.streamed.StreamedSearch`).
 
     Returns
     -------
@@ -251,7 +255,8 @@ def shard_index(index: Any, n_shards: int, *, devices: tuple[int, ...] = (),
         search = None
         if stop > start:
             with _backend.on_device(device):
-                search = _shard_search(index, start, stop, device, partition)
+                search = _shard_search(index, start, stop, device, partition=partition,
+                                       segment_rows=segment_rows)
         shards.append(Shard(number, start, stop, search, device))
     sizes = ", ".join(str(stop - start) for start, stop in ranges)
     log.info("%s split into %d shards of %s rows, on %s", type(index).__name__, n_shards,
@@ -259,11 +264,14 @@ def shard_index(index: Any, n_shards: int, *, devices: tuple[int, ...] = (),
     return ShardedSearch(shards, index.metric, index)
 
 
-def _shard_search(index: Any, start: int, stop: int, device: int | None,
-                  partition: str) -> Any:
+def _shard_search(index: Any, start: int, stop: int, device: int | None, *,
+                  partition: str, segment_rows: int) -> Any:
     if isinstance(index, ExactSearch):
         xp = _backend.array_module("cpu" if device is None else "gpu")
         vectors = _rows_in_order(index, start, stop)
+        if segment_rows:
+            return StreamedSearch(vectors, index.metric, xp=xp, segment_rows=segment_rows,
+                                  device=device)
         return ExactSearch(_backend.to_device(vectors, xp), index.metric, xp=xp,
                            tile_bytes=None if device is not None else index.tile_bytes,
                            partition=partition if device is None else "never")
@@ -328,6 +336,6 @@ def _blas_limit(shards: list[Shard]) -> Any:
     """One BLAS limit around concurrent CPU shards: each exact shard limits BLAS to one
     thread while it searches, and limits entered and left by several threads at once
     would otherwise restore each other's settings out of order."""
-    on_cpu = any(shard.device is None and isinstance(shard.search, ExactSearch)
+    on_cpu = any(shard.device is None and not isinstance(shard.search, IVFSearch)
                  for shard in shards)
     return single_threaded_blas() if on_cpu and len(shards) > 1 else contextlib.nullcontext()

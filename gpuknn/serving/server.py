@@ -3,7 +3,9 @@
 Each worker process serves its requests through one micro-batcher, so its search
 batches grow with the load. ``--workers auto`` (the CLI's default) starts one worker per
 usable core on the CPU, since a cluster-pruned search keeps one core busy per process,
-as many as memory allows, and one on a GPU. Every worker loads the model itself; an IVF
+as many as memory allows; on GPUs, one per GPU where the model fits each whole (each
+worker pinned to its GPU, :mod:`gpuknn.serving.replicas`), else one, which splits the
+model over the GPUs (:mod:`gpuknn.search.shards`). Every worker loads the model itself; an IVF
 model in a directory is memory-mapped by faiss, so its inverted lists are shared by the
 workers through the page cache.
 
@@ -40,10 +42,12 @@ from typing import Any
 
 import uvicorn
 
-from gpuknn import _backend, logs
+from gpuknn import _backend, devices, logs
 from gpuknn.environment import resolve_root
 from gpuknn.errors import ClientError
 from gpuknn.model import files as model_files
+from gpuknn.search import placement
+from gpuknn.serving import replicas
 from gpuknn.serving.settings import ServeSettings
 
 log = logging.getLogger("gpuknn.serve")
@@ -87,6 +91,41 @@ def auto_workers(settings: ServeSettings) -> int:
     return max(1, min(cores, fits))
 
 
+def replica_gpus(settings: ServeSettings) -> list[str]:
+    """The GPUs (``$CUDA_VISIBLE_DEVICES`` entries) to run one model replica on each, where
+    the model fits each chosen GPU whole; empty on the CPU, with one GPU, in multi-model
+    mode, with ``--shards``, or when the model must be split. Decided from the model's
+    metadata and the GPUs' total memory, without a CUDA context in this process."""
+    if (settings.multi_model or settings.shards is not None
+            or _backend.resolve_device(settings.device) != "gpu"):
+        return []
+    ordinals = devices.resolve(settings.devices, "gpu")
+    if len(ordinals) < 2:
+        return []
+    devices.log_choice(ordinals, free=False)
+    need = placement.Need.of_metadata(model_files.verify(settings.model_path))
+    totals = [_backend.gpu_properties(ordinal)[1] for ordinal in ordinals]
+    if placement.place(need, ordinals, free=totals).mode != "replicas":
+        return []  # one process splits the model over the GPUs
+    return devices.physical_ids(ordinals)
+
+
+@contextlib.contextmanager
+def _replicas(settings: ServeSettings, gpus: list[str],
+              workers: int) -> Iterator[ServeSettings]:
+    """``settings`` for ``workers`` processes that each pin one of ``gpus`` (round robin)
+    through slot files in a temporary directory, removed afterwards."""
+    directory = tempfile.mkdtemp(prefix="gpuknn-replicas-")
+    try:
+        log.info("serving %s with one worker per GPU: %d workers on GPU(s) %s",
+                 settings.model_path, workers, ", ".join(gpus))
+        yield dataclasses.replace(settings, devices=None, replica_dir=directory,
+                                  replica_gpus=tuple(gpus[i % len(gpus)]
+                                                     for i in range(workers)))
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def _size_on_disk(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
@@ -111,9 +150,13 @@ def serve(settings: ServeSettings, *, host: str = "0.0.0.0", port: int | None = 
     int
         0 after a clean shutdown, 1 if the model could not be loaded or the port bound.
     """
+    gpus = replica_gpus(settings)
     if workers == "auto":
-        workers = auto_workers(settings)
+        workers = len(gpus) if gpus else auto_workers(settings)
     workers = int(workers)
+    if gpus and workers > 1:
+        with _replicas(settings, gpus, workers) as completed:
+            return _run(completed, host, port, workers, access_log)
     if settings.multi_model:
         with _multi_model(settings, workers, max_models_mb) as completed:
             return _run(completed, host, port, workers, access_log)
@@ -183,6 +226,8 @@ def app_from_environment():
     logs.configure()  # a worker process starts without the command's logging
     stored = json.loads(os.environ[_SETTINGS_VARIABLE])
     settings = ServeSettings(**stored["settings"])
+    if settings.replica_gpus:  # before anything starts CUDA in this process
+        replicas.pin_to_gpu(settings.replica_dir, list(settings.replica_gpus))
 
     def stop_the_server(reason: str) -> None:
         Path(stored["failure_file"]).write_text(reason)

@@ -54,6 +54,11 @@ class ServeSettings:
         splits only a model too large for one GPU.
     devices : str or None
         The GPUs to use (:mod:`gpuknn.devices`), None for every visible one.
+    replica_gpus : tuple of str
+        One model replica per worker: each worker slot's ``$CUDA_VISIBLE_DEVICES``
+        (:mod:`gpuknn.serving.replicas`); empty otherwise.
+    replica_dir : str
+        The workers' slot files, with ``replica_gpus``.
     """
 
     model_path: str
@@ -70,6 +75,8 @@ class ServeSettings:
     workers: int = 1
     shards: int | None = None
     devices: str | None = None
+    replica_gpus: tuple[str, ...] = ()
+    replica_dir: str = ""
 
 
 def default_max_payload_mb() -> float:

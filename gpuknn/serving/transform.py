@@ -15,7 +15,9 @@ interrupted run leaves no truncated output, and a rerun skips the outputs that e
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import queue
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from gpuknn import io as data_io
 from gpuknn.errors import ClientError, DataError
 from gpuknn.model.knn_model import KNNModel
 from gpuknn.serving import formats
+from gpuknn.serving.replicas import Replica
 
 SPLIT_TYPES = ("Line", "RecordIO", "None")
 _DEFAULT_SPLIT = {data_io.CSV: "Line", data_io.JSONLINES: "Line", data_io.RECORDIO: "RecordIO",
@@ -76,12 +79,15 @@ class TransformReport:
     rows: int = 0
 
 
-def run(model: KNNModel, job: TransformJob, *, progress: bool | None = None) -> TransformReport:
+def run(model: KNNModel | Sequence[Replica], job: TransformJob, *,
+        progress: bool | None = None) -> TransformReport:
     """Transform every input file of ``job`` that has no output yet.
 
     Parameters
     ----------
-    model : KNNModel
+    model : KNNModel, or sequence of Replica
+        Several replicas (one per GPU, :func:`gpuknn.serving.replicas.load_replicas`)
+        answer a file each at a time, each on its own thread.
     job : TransformJob
     progress : bool, optional
         Show a progress bar; default: only on a terminal.
@@ -92,19 +98,39 @@ def run(model: KNNModel, job: TransformJob, *, progress: bool | None = None) -> 
         Unknown split or accept type, unreadable input (naming the file and row).
     """
     split, output = check_job(job)
+    replicas = [Replica(model)] if isinstance(model, KNNModel) else list(model)
     report = TransformReport([], [])
     inputs = input_files(job)
-    with tqdm(total=len(inputs), unit=" files", disable=None if progress is None else
-              not progress) as bar:
-        for source, target in inputs:
-            bar.set_postfix_str(str(target.relative_to(job.output)).removesuffix(".out"))
-            if target.exists():
-                report.skipped.append(target)
-            else:
-                report.rows += _transform_file(model, source, target, job,
-                                               split=split, output=output)
+    free: queue.SimpleQueue[Replica] = queue.SimpleQueue()
+    for replica in replicas:
+        free.put(replica)
+
+    def transform(source: Path, target: Path) -> int:
+        replica = free.get()  # a thread per replica: one file at a time on each
+        try:
+            return _transform_file(replica, source, target, job, split=split, output=output)
+        finally:
+            free.put(replica)
+
+    todo = []
+    for source, target in inputs:
+        if target.exists():
+            report.skipped.append(target)
+        else:
+            todo.append((source, target))
+    with tqdm(total=len(inputs), initial=len(report.skipped), unit=" files",
+              disable=None if progress is None else not progress) as bar, \
+            ThreadPoolExecutor(len(replicas), thread_name_prefix="gpuknn-replica") as pool:
+        futures = [pool.submit(transform, source, target) for source, target in todo]
+        try:
+            for (_, target), future in zip(todo, futures, strict=True):
+                report.rows += future.result()  # in input order; a failure stops the run
                 report.written.append(target)
-            bar.update(1)
+                bar.set_postfix_str(str(target.relative_to(job.output)).removesuffix(".out"))
+                bar.update(1)
+        finally:
+            for future in futures:
+                future.cancel()  # the files not started yet
     return report
 
 
@@ -176,7 +202,7 @@ def transform_file(model: KNNModel, source: Path, target: Path, job: TransformJo
         Bad settings, or unreadable input (naming the file and row).
     """
     split, output = check_job(job)
-    return _transform_file(model, source, target, job, split=split, output=output)
+    return _transform_file(Replica(model), source, target, job, split=split, output=output)
 
 
 def _split_type(kind: str, split_type: str | None) -> str:
@@ -203,14 +229,14 @@ def _input_files(root: Path) -> Iterator[tuple[Path, Path]]:
         yield path, path.relative_to(root)
 
 
-def _transform_file(model: KNNModel, source: Path, target: Path, job: TransformJob, *,
+def _transform_file(model: Replica, source: Path, target: Path, job: TransformJob, *,
                     split: str, output: formats.OutputFormat) -> int:
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + PARTIAL_SUFFIX)
     rows = 0
     try:
         with open(partial, "wb") as handle:
-            for X in _batches(source, job, split, model):
+            for X in _batches(source, job, split, model.model):
                 answer = model.answer(X)
                 handle.write(formats.encode_response(answer, output))
                 if output.media_type != data_io.RECORDIO:
