@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check of issue 6, in one run (under 8 minutes): the `gpu` tests, then the GPU
+# The GPU check of issue 6, in one run (under 10 minutes): the `gpu` tests, then the GPU
 # benchmarks, then a short table. Results go to bench/results/ (or $OUT).
 #
 #   bash bench/gpu_check.sh [--quick]
@@ -44,6 +44,9 @@ tests_status=${PIPESTATUS[0]}
 
 timeout 220 "$PY" bench/gpu_bench.py "$@" --out "$OUT"
 bench_status=$?
+
+# streamed against in-memory exact search, and queries/s against the number of GPUs
+timeout 120 "$PY" bench/shards.py --gpu --out "$OUT" || bench_status=$?
 
 echo
 echo "gpu_check: pytest exit ${tests_status}, gpu_bench exit ${bench_status}; results in ${OUT}/"

@@ -389,3 +389,25 @@ def test_transform_with_replicas_writes_what_one_model_writes(tmp_path):
     (inputs / "part-3.csv").write_text("1,2\n")  # the wrong width
     with pytest.raises(ClientError, match=r"part-3\.csv"):
         transform.run(replicas, job("three"), progress=False)
+
+
+@pytest.mark.parametrize("index_type", ("faiss.IVFFlat", "faiss.IVFPQ"))
+def test_ivf_ties_at_the_kth_place_go_to_the_smaller_id(index_type):
+    """The whole IVF index against the plain definition (every vector of the probed lists,
+    sorted by (distance, id)), on data where the rows tied at the k-th place run past the
+    first window faiss is asked for, so the wider asks run."""
+    from test_ivf_overhead import reference_search
+
+    model = fitted(index_type, "L2")
+    _, _, Q = tied_data()
+    queries = model.preparation.apply(Q, xp=np)
+    import faiss
+
+    params = faiss.SearchParametersIVF(nprobe=model.index.nprobe)
+    window, _ = model.index.index.search(queries, 18, params=params)
+    assert (window[:, -1] == window[:, 9]).any()  # ties past k + 8: the wider asks run
+    for k in (1, 10, 100):
+        got = model.index.search(queries, k)
+        want = reference_search(model.index, queries, k)
+        np.testing.assert_array_equal(got[1], want[1])
+        np.testing.assert_array_equal(got[0], want[0])

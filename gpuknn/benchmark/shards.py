@@ -1,9 +1,13 @@
-"""Sharded search against the whole index on the same cores: what the merge costs.
+"""Sharded and streamed search against the whole index: what the merge and the bus cost.
 
 The index is built once through :class:`gpuknn.KNN` (the product's defaults), then
 split with :meth:`gpuknn.KNNModel.sharded`. The whole model and each sharded one answer
 the same queries in interleaved rounds (:func:`gpuknn.benchmark.memory.interleaved`);
 each time is a full ``kneighbors`` call. The answers are compared once, bit for bit.
+
+On a GPU, :func:`gpu_streaming` times a base streamed from host memory against the same
+base in device memory, beside the bus's floor, and :func:`gpu_devices` the throughput
+against the number of GPUs.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from gpuknn import KNN
 from gpuknn.benchmark.memory import interleaved
 
 GOAL_RATIO = 1.1  # N shards on the same cores: at most 1.1x the whole index's time
+STREAM_GOAL_RATIO = 1.5  # a streamed exact search against an in-memory one, same GPU
 
 
 def sharded_against_whole(X: np.ndarray, queries: np.ndarray, index_type: str, *,
@@ -51,13 +56,8 @@ def sharded_against_whole(X: np.ndarray, queries: np.ndarray, index_type: str, *
                            zip(each.kneighbors(queries, k), expected, strict=True))
                  for name, each in models.items()}
 
-    def timed(each: Any) -> float:
-        begin = time.perf_counter()
-        each.kneighbors(queries, k)
-        return time.perf_counter() - begin
-
-    samples = interleaved({name: (lambda each=each: timed(each)) for name, each in
-                           models.items()}, rounds, seed)
+    samples = interleaved({name: (lambda each=each: _timed(lambda: each.kneighbors(queries, k)))
+                           for name, each in models.items()}, rounds, seed)
     whole = float(np.median(samples["whole"]))
     engines = {}
     for name, times in samples.items():
@@ -83,3 +83,77 @@ def markdown(results: list[dict[str, Any]]) -> str:
                          f"({engine['spread_s']:.3f}) | {engine['queries_per_s']:,.0f} | "
                          f"{engine['ratio']:.2f}x | {engine['identical']} |")
     return "\n".join(lines)
+
+
+def gpu_streaming(X: np.ndarray, queries: np.ndarray, *, k: int = 10, segments: int = 4,
+                  rounds: int = 7, seed: int = 0) -> dict[str, Any]:
+    """On GPU 0: exact search with the base in device memory against the same base
+    streamed from host memory in ``segments`` (goal: within 1.5x), and the bus's floor:
+    the time to copy the base once from pinned host memory.
+
+    Returns
+    -------
+    dict
+        ``in_memory_s``, ``streamed_s`` (medians), ``ratio``, ``copy_s`` (median of the
+        base's pinned host-to-device copy), ``bus_gb_per_s``, ``identical``.
+    """
+    from gpuknn import _backend  # noqa: PLC0415
+    from gpuknn.search.exact import ExactSearch  # noqa: PLC0415
+    from gpuknn.search.streamed import StreamedSearch  # noqa: PLC0415
+
+    cupy = _backend.array_module("gpu")
+    whole = ExactSearch(cupy.asarray(X), "L2", xp=cupy)
+    streamed = StreamedSearch(X, "L2", xp=cupy, segment_rows=-(-len(X) // segments),
+                              device=0)
+    pinned = np.frombuffer(cupy.cuda.alloc_pinned_memory(X.nbytes), np.float32,
+                           X.size).reshape(X.shape)
+    np.copyto(pinned, X)
+    target = cupy.empty(X.shape, dtype=cupy.float32)
+
+    def in_memory() -> tuple[np.ndarray, np.ndarray]:
+        found = whole.search(queries, k)
+        return _backend.to_host(found[0]), _backend.to_host(found[1])
+
+    def copy() -> float:
+        cupy.cuda.Device().synchronize()
+        begin = time.perf_counter()
+        target.set(pinned)
+        cupy.cuda.Device().synchronize()
+        return time.perf_counter() - begin
+
+    identical = all(np.array_equal(a, b) for a, b in
+                    zip(streamed.search(queries, k), in_memory(), strict=True))
+    samples = interleaved({"in memory": lambda: _timed(in_memory),
+                           "streamed": lambda: _timed(lambda: streamed.search(queries, k)),
+                           "copy": copy}, rounds, seed)
+    medians = {name: float(np.median(times)) for name, times in samples.items()}
+    streamed.close()
+    return {"rows": len(X), "dim": int(X.shape[1]), "queries": len(queries), "k": k,
+            "segments": segments, "rounds": rounds, "in_memory_s": medians["in memory"],
+            "streamed_s": medians["streamed"],
+            "ratio": medians["streamed"] / medians["in memory"], "copy_s": medians["copy"],
+            "bus_gb_per_s": X.nbytes / medians["copy"] / 1e9, "identical": identical,
+            "goal_ratio": STREAM_GOAL_RATIO}
+
+
+def gpu_devices(X: np.ndarray, queries: np.ndarray, *, k: int = 10, rounds: int = 5,
+                seed: int = 0) -> list[dict[str, Any]]:
+    """Exact search split over the first 1, 2, ... GPUs: queries/s against device count."""
+    from gpuknn import _backend  # noqa: PLC0415
+    from gpuknn.search.exact import ExactSearch  # noqa: PLC0415
+    from gpuknn.search.shards import shard_index  # noqa: PLC0415
+
+    whole = ExactSearch(X, "L2", partition="never")
+    split = {count: shard_index(whole, count, devices=tuple(range(count)))
+             for count in range(1, _backend.gpu_count() + 1)}
+    samples = interleaved({count: (lambda s=s: _timed(lambda: s.search(queries, k)))
+                           for count, s in split.items()}, rounds, seed)
+    return [{"gpus": count, "median_s": float(np.median(times)),
+             "queries_per_s": len(queries) / float(np.median(times))}
+            for count, times in samples.items()]
+
+
+def _timed(call: Any) -> float:
+    begin = time.perf_counter()
+    call()
+    return time.perf_counter() - begin

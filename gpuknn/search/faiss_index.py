@@ -258,17 +258,23 @@ class IVFSearch:
         """
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         nprobe = self.nprobe if nprobe is None else int(nprobe)
-        scores = np.empty((len(queries), k), dtype=np.float32)
-        ids = np.empty((len(queries), k), dtype=np.int64)
-        todo, take = np.arange(len(queries)), max(min(candidates_for(k), self.ntotal), k)
-        while todo.size:
-            found, at = self._faiss_scores(queries[todo], take, nprobe)
-            scores[todo], ids[todo] = merge_with_missing(found, at, k)
-            if take >= self.ntotal:
-                break
-            # all seen: the last candidate is worse than the k-th, or the lists ran out
-            seen = (found[:, -1] > scores[todo, -1]) | (at[:, -1] == MISSING_INDEX)
-            todo, take = todo[~seen], min(4 * take, self.ntotal)
+        take = max(min(candidates_for(k), self.ntotal), k)
+        scores, ids = self._best(queries, take, nprobe)
+        tied = np.flatnonzero(_tied_past(scores, ids, k)) if take < self.ntotal else ()
+        while len(tied):  # rare: ask those rows again, four times wider
+            take = min(4 * take, self.ntotal)
+            wider = self._best(queries[tied], take, nprobe)
+            scores[tied, :k], ids[tied, :k] = wider[0][:, :k], wider[1][:, :k]
+            still = _tied_past(*wider, k) if take < self.ntotal else np.zeros(len(tied), bool)
+            tied = tied[still]
+        return scores[:, :k], ids[:, :k]
+
+    def _best(self, queries: np.ndarray, take: int, nprobe: int,
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """faiss's best ``take`` as ranking scores, in (score, id) order."""
+        scores, ids = self._faiss_scores(queries, take, nprobe)
+        if not _in_order(scores, ids):  # faiss-gpu's selection may order ties otherwise
+            scores, ids = merge_with_missing(scores, ids, take)
         return scores, ids
 
     def _faiss_scores(self, queries: np.ndarray, k: int, nprobe: int,
@@ -386,6 +392,22 @@ def index_kind(index: Any) -> str:
         if isinstance(index, cls):
             return kind
     raise ModelFileError(f"unsupported faiss index class {type(index).__name__}")
+
+
+def _tied_past(scores: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
+    """Rows of a (score, id)-ordered answer wider than k whose last candidate still ties
+    the k-th: rows tied at the k-th place may lie beyond it. (n,) bool."""
+    return (scores[:, -1] <= scores[:, k - 1]) & (ids[:, -1] != MISSING_INDEX)
+
+
+def _in_order(scores: np.ndarray, ids: np.ndarray) -> bool:
+    """Whether every row is sorted by (score, id), missing neighbours last (faiss's CPU
+    heaps give that order: a wide enough answer's first k are then the best k)."""
+    if scores.shape[1] < 2:
+        return True
+    ahead, behind = scores[:, :-1], scores[:, 1:]
+    later_id = (ids[:, 1:] > ids[:, :-1]) | (ids[:, 1:] == MISSING_INDEX)
+    return bool(((behind > ahead) | ((behind == ahead) & later_id)).all())
 
 
 def missing_rows(positions: np.ndarray) -> np.ndarray:

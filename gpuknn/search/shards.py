@@ -73,7 +73,7 @@ class Shard:
         return self.stop - self.start
 
     def describe(self, total: int) -> str:
-        """"shard 2 of 7 (rows 200-299, GPU 1)", for errors and logs."""
+        """Its name in errors and logs: ``shard 2 of 7 (rows 200-299, GPU 1)``."""
         place = "CPU" if self.device is None else f"GPU {self.device}"
         span = "no rows" if not self.rows else f"rows {self.start}-{self.stop - 1}"
         return f"shard {self.number} of {total} ({span}, {place})"
