@@ -193,6 +193,12 @@ def gpu_free_memory(ordinal: int) -> int:
         return int(cupy.cuda.runtime.memGetInfo()[0])
 
 
+def current_gpu() -> int | None:
+    """The GPU CuPy allocates on in this thread (None without a usable GPU)."""
+    cupy = _cupy()
+    return None if cupy is None else int(cupy.cuda.Device().id)
+
+
 def on_device(ordinal: int | None) -> Any:
     """A context manager making GPU ``ordinal`` current (CuPy allocates and launches
     there); ``None`` (the CPU, or the current GPU) changes nothing."""

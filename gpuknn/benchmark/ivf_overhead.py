@@ -49,8 +49,8 @@ INDEX_TYPES = ("faiss.IVFFlat", "faiss.IVFPQ")
 # (dataset, base rows) for a full run and for --quick.
 FULL = (("sift-like", 1_000_000), ("covtype-like", 500_000))
 QUICK = (("sift-like", 200_000), ("covtype-like", 100_000))
-# The replay's answers are this many times k wide (gpuknn asks k + max(8, k/4), then four
-# times that for rows tied at the k-th place).
+# The replay's answers are this many times k wide (gpuknn asks k + 1, then 4 (k + 1) + 8
+# for rows tied at the k-th place).
 REPLAY_WIDTH = 8
 # Extra neighbours asked of faiss to see the rows tied at the k-th place.
 TIE_WINDOW = 64

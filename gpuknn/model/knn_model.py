@@ -24,7 +24,7 @@ from gpuknn.model import files as model_files
 from gpuknn.model import predict
 from gpuknn.model.parts import ModelParts, Preparation, check_k
 from gpuknn.search.placement import for_index
-from gpuknn.search.shards import shard_index
+from gpuknn.search.shards import on_device, shard_index
 
 ArrayLike = Any  # numpy.ndarray or cupy.ndarray
 
@@ -362,8 +362,10 @@ class KNNModel:
         exact shard stays in host memory and is streamed through its device that many
         rows at a time (:mod:`gpuknn.search.streamed`)."""
         whole = getattr(self.index, "whole", self.index)
-        index = whole if shards == 1 and not devices and not segment_rows else shard_index(
-            whole, shards, devices=devices, segment_rows=segment_rows)
+        if shards == 1 and not segment_rows and devices[:1] in ((), (_backend.current_gpu(),)):
+            index = on_device(whole, devices[0]) if devices else whole  # no shard layer
+        else:
+            index = shard_index(whole, shards, devices=devices, segment_rows=segment_rows)
         device = "gpu" if devices else self.device
         return KNNModel(self.hyperparameters, self.preparation, index, self.labels, self.ids,
                         device=device, rows_seen=self.rows_seen)
@@ -402,16 +404,15 @@ class KNNModel:
             raise ClientError(f"shards must be a positive integer; got {shards!r}")
         device = _backend.resolve_device(device)
         ordinals = device_choice.resolve(devices, device)
-        whole_on_one = shards is None and devices is None and len(ordinals) <= 1
-        if device == "cpu" or whole_on_one:
-            model = cls.from_parts(model_files.load(path, device=device, cache_dir=cache_dir))
+        model = cls.from_parts(model_files.load(path, device="cpu", cache_dir=cache_dir))
+        if device == "cpu":
             return model if shards is None or shards == 1 else model.sharded(int(shards))
         device_choice.log_choice(ordinals)
-        model = cls.from_parts(model_files.load(path, device="cpu", cache_dir=cache_dir))
-        if shards is not None:
-            return model.sharded(int(shards), devices=ordinals)
-        chosen = for_index(model.index, ordinals)
-        return model.sharded(chosen.shards, devices=ordinals, segment_rows=chosen.segment_rows)
+        segment_rows = 0
+        if shards is None:  # whole on the first GPU, the fewest shards that fit, or streamed
+            chosen = for_index(model.index, ordinals)
+            shards, segment_rows = chosen.shards, chosen.segment_rows
+        return model.sharded(int(shards), devices=ordinals, segment_rows=segment_rows)
 
     def __repr__(self) -> str:
         hp = self.hyperparameters

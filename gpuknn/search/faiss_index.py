@@ -18,7 +18,7 @@ from gpuknn import _backend
 from gpuknn.errors import DataError, DependencyError, ModelFileError, first_line
 from gpuknn.metrics import MISSING_INDEX, from_scores
 from gpuknn.search.faiss_gpu import GPU_MAX_K, GpuIVF, faiss_has_gpu
-from gpuknn.search.topk import candidates_for, merge_with_missing
+from gpuknn.search.topk import merge_with_missing
 
 log = logging.getLogger(__name__)
 
@@ -251,18 +251,18 @@ class IVFSearch:
         neighbour is ``+inf`` and ``-1``. Short rows are not searched again:
         :meth:`search` does that, and so does a sharded index, over all its shards.
 
-        faiss keeps an arbitrary few of the rows tied at the k-th distance. So a few more
-        are asked for, and rows whose last one still ties the k-th are asked again with
-        more, until every row tied at the k-th is seen: ties then go to the smaller id,
-        as in exact search and whatever the index's split into shards.
+        faiss keeps an arbitrary few of the rows tied at the k-th distance. So one more is
+        asked for, and rows whose last one still ties the k-th are asked again with more
+        (``4 take + 8``), until every row tied at the k-th is seen: ties then go to the
+        smaller id, as in exact search and whatever the index's split into shards.
         """
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         nprobe = self.nprobe if nprobe is None else int(nprobe)
-        take = max(min(candidates_for(k), self.ntotal), k)
+        take = max(min(k + 1, self.ntotal), k)  # one more: does a row tie the k-th?
         scores, ids = self._best(queries, take, nprobe)
         tied = np.flatnonzero(_tied_past(scores, ids, k)) if take < self.ntotal else ()
-        while len(tied):  # rare: ask those rows again, four times wider
-            take = min(4 * take, self.ntotal)
+        while len(tied):  # rare: ask those rows again, wider
+            take = min(4 * take + 8, self.ntotal)
             wider = self._best(queries[tied], take, nprobe)
             scores[tied, :k], ids[tied, :k] = wider[0][:, :k], wider[1][:, :k]
             still = _tied_past(*wider, k) if take < self.ntotal else np.zeros(len(tied), bool)

@@ -264,6 +264,17 @@ def shard_index(index: Any, n_shards: int, *, devices: tuple[int, ...] = (),
     return ShardedSearch(shards, index.metric, index)
 
 
+def on_device(index: Any, device: int) -> Any:
+    """The whole of an exact or IVF index loaded on the CPU, searching on GPU ``device``
+    (an IVF index keeps its CPU index, mapped lists and all, for saving)."""
+    with _backend.on_device(device):
+        if isinstance(index, IVFSearch):
+            return IVFSearch(index.index, index.metric, index.nprobe,
+                             mapped_from=index.mapped_from).to_device("gpu", ordinal=device)
+        return _shard_search(index, 0, index.ntotal, device, partition="never",
+                             segment_rows=0)
+
+
 def _shard_search(index: Any, start: int, stop: int, device: int | None, *,
                   partition: str, segment_rows: int) -> Any:
     if isinstance(index, ExactSearch):

@@ -188,7 +188,7 @@ def merge_k(values: Any, columns: Any, k: int, *, xp: ModuleType = np) -> tuple[
 
 def candidates_for(k: int) -> int:
     """Candidates kept for a top k: the margin a tiled exact search keeps against rounding
-    error, and an IVF search asks faiss for to see the rows tied at the k-th."""
+    error (and its float64 re-search starts from)."""
     return k + max(8, k // 4)
 
 

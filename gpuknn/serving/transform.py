@@ -14,6 +14,7 @@ interrupted run leaves no truncated output, and a rerun skips the outputs that e
 
 from __future__ import annotations
 
+import collections
 import os
 import queue
 from collections.abc import Iterator, Sequence
@@ -121,16 +122,22 @@ def run(model: KNNModel | Sequence[Replica], job: TransformJob, *,
     with tqdm(total=len(inputs), initial=len(report.skipped), unit=" files",
               disable=None if progress is None else not progress) as bar, \
             ThreadPoolExecutor(len(replicas), thread_name_prefix="gpuknn-replica") as pool:
-        futures = [pool.submit(transform, source, target) for source, target in todo]
-        try:
-            for (_, target), future in zip(todo, futures, strict=True):
-                report.rows += future.result()  # in input order; a failure stops the run
-                report.written.append(target)
-                bar.set_postfix_str(str(target.relative_to(job.output)).removesuffix(".out"))
-                bar.update(1)
-        finally:
-            for future in futures:
-                future.cancel()  # the files not started yet
+        waiting, running = iter(todo), collections.deque()
+
+        def start_next() -> None:  # one file in flight per replica, no more
+            pair = next(waiting, None)
+            if pair is not None:
+                running.append((pair[1], pool.submit(transform, *pair)))
+
+        for _ in replicas:
+            start_next()
+        while running:
+            target, future = running.popleft()
+            report.rows += future.result()  # in input order; a failure starts nothing more
+            report.written.append(target)
+            bar.set_postfix_str(str(target.relative_to(job.output)).removesuffix(".out"))
+            bar.update(1)
+            start_next()
     return report
 
 
