@@ -271,27 +271,24 @@ class IVFSearch:
 
     def _best(self, queries: np.ndarray, take: int, nprobe: int,
               ) -> tuple[np.ndarray, np.ndarray]:
-        """faiss's best ``take`` as ranking scores, in (score, id) order."""
-        scores, ids = self._faiss_scores(queries, take, nprobe)
-        if not _in_order(scores, ids):  # faiss-gpu's selection may order ties otherwise
-            scores, ids = merge_with_missing(scores, ids, take)
-        return scores, ids
-
-    def _faiss_scores(self, queries: np.ndarray, k: int, nprobe: int,
-                      ) -> tuple[np.ndarray, np.ndarray]:
-        """faiss's own answer as ranking scores (ties cut anywhere)."""
-        if nprobe == self.nprobe and self.gpu is not None and self.gpu.can_search(k):
-            scores, positions = self.gpu.search(queries, k)
+        """faiss's best ``take`` as ranking scores, in (score, id) order (faiss's CPU heaps
+        give that order; faiss-gpu's selection may order ties otherwise, and is sorted)."""
+        on_gpu = nprobe == self.nprobe and self.gpu is not None and self.gpu.can_search(take)
+        if on_gpu:
+            scores, ids = self.gpu.search(queries, take)
         else:
-            scores, positions = self.index.search(queries, k,
-                                                  params=self._search_parameters(nprobe))
+            scores, ids = self.index.search(queries, take,
+                                            params=self._search_parameters(nprobe))
         scores = scores.astype(np.float32, copy=False)
         if self.metric != "L2":
             np.negative(scores, out=scores)
-        missing = positions == MISSING_INDEX  # faiss reports them at its float maximum
+        missing = ids == MISSING_INDEX  # faiss reports them at its float maximum
         if missing.any():
             scores[missing] = np.inf
-        return scores, positions.astype(np.int64, copy=False)
+        ids = ids.astype(np.int64, copy=False)
+        if on_gpu and not _in_order(scores, ids):
+            scores, ids = merge_with_missing(scores, ids, take)
+        return scores, ids
 
     def _search_parameters(self, nprobe: int) -> Any:
         """faiss's ``SearchParametersIVF`` probing ``nprobe`` lists, made once per value.
