@@ -271,8 +271,9 @@ class IVFSearch:
 
     def _best(self, queries: np.ndarray, take: int, nprobe: int,
               ) -> tuple[np.ndarray, np.ndarray]:
-        """faiss's best ``take`` as ranking scores, in (score, id) order (faiss's CPU heaps
-        give that order; faiss-gpu's selection may order ties otherwise, and is sorted)."""
+        """faiss's best ``take`` as ranking scores, in (score, id) order. faiss's CPU heaps
+        give that order for L2; inner-product heaps and faiss-gpu's selection may order
+        ties otherwise, and such an answer is sorted."""
         on_gpu = nprobe == self.nprobe and self.gpu is not None and self.gpu.can_search(take)
         if on_gpu:
             scores, ids = self.gpu.search(queries, take)
@@ -286,7 +287,7 @@ class IVFSearch:
         if missing.any():
             scores[missing] = np.inf
         ids = ids.astype(np.int64, copy=False)
-        if on_gpu and not _in_order(scores, ids):
+        if not _in_order(scores, ids):
             scores, ids = merge_with_missing(scores, ids, take)
         return scores, ids
 
