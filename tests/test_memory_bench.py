@@ -66,7 +66,7 @@ def test_peak_memory_keeps_start_peak_and_end():
     with measure.PeakMemory(collect=True) as memory:
         held = np.ones(40 << 20, dtype=np.uint8)  # touched: resident
         passing = np.ones(40 << 20, dtype=np.uint8)
-        time.sleep(0.1)  # twenty sampling periods: the sampler sees both arrays resident
+        memory.wait_for_samples(2)  # a sample taken since: both arrays resident
         del passing
     assert memory.held_bytes >= 35 << 20
     assert memory.added_bytes >= 75 << 20  # both were resident at once

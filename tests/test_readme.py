@@ -12,7 +12,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 from typing import NamedTuple
@@ -94,11 +93,9 @@ def test_readme_python_blocks_run_in_order(tmp_path):
     kept, reasons = runnable(blocks, _backend.has_gpu())
     for reason in reasons:
         warnings.warn(reason, stacklevel=1)
-    started = time.perf_counter()
-    failure = run_blocks(README, kept, tmp_path)
+    failure = run_blocks(README, kept, tmp_path)  # TIMEOUT_S is the hang guard
     if failure:
         pytest.fail(f"README.md's python blocks, run in order: {failure}", pytrace=False)
-    assert time.perf_counter() - started < 60, "the README's examples should finish quickly"
 
 
 def test_a_broken_block_fails_with_its_number_and_error(tmp_path):

@@ -256,7 +256,10 @@ def test_sigterm_finishes_the_request_in_flight(models, letter, tmp_path):
 
     sender = threading.Thread(target=send)
     sender.start()
-    time.sleep(0.15)  # the body is read and the search has started
+    in_search = 0
+    while in_search < len(X) and sender.is_alive():  # until the server says it searches them
+        in_search = json.loads(request(server.port, "GET", "/model")[2])["rows_in_search"]
+    assert in_search == len(X), "the request was answered before it was seen in search"
     server.process.send_signal(signal.SIGTERM)
     sender.join(timeout=60)
     assert server.process.wait(timeout=30) == 0, server.output()

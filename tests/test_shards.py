@@ -416,14 +416,13 @@ def test_ivf_ties_at_the_kth_place_go_to_the_smaller_id(index_type):
 def test_an_answer_out_of_score_and_id_order_is_recognised_and_sorted():
     """faiss-gpu's k-selection may put tied rows out of id order; such an answer is seen
     and sorted by (score, id), missing neighbours last."""
-    from gpuknn.search.faiss_index import _in_order
-    from gpuknn.search.topk import merge_with_missing
+    from gpuknn.search.topk import in_score_order, merge_with_missing
 
     scores = np.array([[1, 2, 2, np.inf], [0, 0, 3, np.inf]], np.float32)
     ordered = np.array([[7, 3, 5, -1], [1, 2, 0, -1]], np.int64)
-    assert _in_order(scores, ordered)
+    assert in_score_order(scores, ordered)
     swapped = np.array([[7, 5, 3, -1], [2, 1, 0, -1]], np.int64)
-    assert not _in_order(scores, swapped)
+    assert not in_score_order(scores, swapped)
     fixed = merge_with_missing(scores, swapped, 4)
     np.testing.assert_array_equal(fixed[1], ordered)
     np.testing.assert_array_equal(fixed[0], scores)

@@ -282,9 +282,11 @@ def test_every_training_format_gives_the_python_api_model(tmp_path, write):
 def _pipe_writer(source: Path, fifo: Path, stall_after: int | None = None) -> subprocess.Popen:
     """Another process that copies ``source`` into ``fifo`` (opening it blocks until read).
 
-    With ``stall_after``, it writes that many bytes, says "sent" on its stdout and sleeps.
+    With ``stall_after``, it writes that many bytes, says "sent" on its stdout, waits for
+    the reader to take every byte out of the pipe (``FIONREAD`` on its end reads 0), says
+    "drained" and sleeps.
     """
-    code = ("import sys, time\n"
+    code = ("import fcntl, struct, sys, termios, time\n"
             "data = open(sys.argv[1], 'rb').read()\n"
             "part = int(sys.argv[3]) if len(sys.argv) > 3 else len(data)\n"
             "with open(sys.argv[2], 'wb') as pipe:\n"
@@ -292,6 +294,11 @@ def _pipe_writer(source: Path, fifo: Path, stall_after: int | None = None) -> su
             "    pipe.flush()\n"
             "    print('sent', flush=True)\n"
             "    if part < len(data):\n"
+            "        unread = lambda: struct.unpack('i', fcntl.ioctl(\n"
+            "            pipe, termios.FIONREAD, b'\\0' * 4))[0]\n"
+            "        while unread():\n"
+            "            time.sleep(0.01)\n"
+            "        print('drained', flush=True)\n"
             "        time.sleep(120)\n")
     extra = [] if stall_after is None else [str(stall_after)]
     return subprocess.Popen([sys.executable, "-c", code, str(source), str(fifo), *extra],
@@ -362,20 +369,19 @@ def test_sigterm_stops_a_job_blocked_on_a_pipe(tmp_path):
             while "Channel train:" not in log.read_text() and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert "Channel train:" in log.read_text()
-            time.sleep(0.5)  # let the job drain what was sent and block on the pipe
+            # the job took it all (a line, not select: "sent" may have buffered this one;
+            # the writer's own 120 s sleep is the hang guard)
+            assert writer.stdout.readline().strip() == "drained"
             assert job.poll() is None, log.read_text()
 
             job.send_signal(signal.SIGTERM)
-            sent = time.monotonic()
-            code = job.wait(timeout=10)
-            elapsed = time.monotonic() - sent
+            code = job.wait(timeout=60)  # a hang guard: the job stops at once, blocked or not
         finally:
             _stop(job)
     finally:
         _stop(writer)
     output = log.read_text()
     assert code != 0, output
-    assert elapsed < 5.0
     failure = (root / "output" / "failure").read_text()
     assert "stopped" in failure.lower() and "SIGTERM" in failure
     assert len(failure) <= 1024 and "Traceback" not in failure

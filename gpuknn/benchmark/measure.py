@@ -65,6 +65,10 @@ def exact_neighbours(X: np.ndarray, Q: np.ndarray, k: int) -> np.ndarray:
     return ExactSearch(X, "L2").search(Q, k)[1]
 
 
+# How often PeakMemory samples the resident memory.
+SAMPLE_PERIOD_S = 0.005
+
+
 class PeakMemory:
     """Resident memory of this process over a ``with`` block: where it started, its peak
     (sampled every 5 ms from /proc, so faiss's and hnswlib's C++ allocations count too)
@@ -80,11 +84,15 @@ class PeakMemory:
     ----------
     start, peak, end : int
         Resident bytes on entry, at the highest sample (the exit included) and on exit.
+    samples : int
+        Samples taken so far.
     """
 
     def __init__(self, collect: bool = False):
         self.collect = collect
         self.start = self.peak = self.end = 0
+        self.samples = 0
+        self._sampled = threading.Condition()
 
     def __enter__(self) -> PeakMemory:
         self.start = self.peak = self.end = resident_bytes()
@@ -94,8 +102,26 @@ class PeakMemory:
         return self
 
     def _sample(self) -> None:
-        while not self._stop.wait(0.005):
+        while not self._stop.wait(SAMPLE_PERIOD_S):
             self.peak = max(self.peak, resident_bytes())
+            with self._sampled:
+                self.samples += 1
+                self._sampled.notify_all()
+
+    def wait_for_samples(self, count: int = 2, timeout_s: float = 60.0) -> None:
+        """Block until the sampler has taken ``count`` more samples: with the default 2,
+        at least one of them began after this call, and saw what is resident now.
+
+        Raises
+        ------
+        TimeoutError
+            When the sampler has not done so within ``timeout_s`` (a hang guard).
+        """
+        with self._sampled:
+            target = self.samples + count
+            if not self._sampled.wait_for(lambda: self.samples >= target, timeout_s):
+                raise TimeoutError(f"the memory sampler took no {count} samples in "
+                                   f"{timeout_s} s")
 
     def __exit__(self, *exc) -> None:
         self._stop.set()

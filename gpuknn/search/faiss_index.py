@@ -18,7 +18,7 @@ from gpuknn import _backend
 from gpuknn.errors import DataError, DependencyError, ModelFileError, first_line
 from gpuknn.metrics import MISSING_INDEX, from_scores
 from gpuknn.search.faiss_gpu import GPU_MAX_K, GpuIVF, faiss_has_gpu
-from gpuknn.search.topk import merge_with_missing
+from gpuknn.search.topk import in_score_order, merge_with_missing, missing_rows, tied_past
 
 log = logging.getLogger(__name__)
 
@@ -260,12 +260,12 @@ class IVFSearch:
         nprobe = self.nprobe if nprobe is None else int(nprobe)
         take = max(min(k + 1, self.ntotal), k)  # one more: does a row tie the k-th?
         scores, ids = self._best(queries, take, nprobe)
-        tied = np.flatnonzero(_tied_past(scores, ids, k)) if take < self.ntotal else ()
+        tied = np.flatnonzero(tied_past(scores, ids, k)) if take < self.ntotal else ()
         while len(tied):  # rare: ask those rows again, wider
             take = min(4 * take + 8, self.ntotal)
             wider = self._best(queries[tied], take, nprobe)
             scores[tied, :k], ids[tied, :k] = wider[0][:, :k], wider[1][:, :k]
-            still = _tied_past(*wider, k) if take < self.ntotal else np.zeros(len(tied), bool)
+            still = tied_past(*wider, k) if take < self.ntotal else np.zeros(len(tied), bool)
             tied = tied[still]
         return scores[:, :k], ids[:, :k]
 
@@ -287,7 +287,7 @@ class IVFSearch:
         if missing.any():
             scores[missing] = np.inf
         ids = ids.astype(np.int64, copy=False)
-        if not _in_order(scores, ids):
+        if not in_score_order(scores, ids):
             scores, ids = merge_with_missing(scores, ids, take)
         return scores, ids
 
@@ -390,25 +390,3 @@ def index_kind(index: Any) -> str:
         if isinstance(index, cls):
             return kind
     raise ModelFileError(f"unsupported faiss index class {type(index).__name__}")
-
-
-def _tied_past(scores: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
-    """Rows of a (score, id)-ordered answer wider than k whose last candidate still ties
-    the k-th: rows tied at the k-th place may lie beyond it. (n,) bool."""
-    return (scores[:, -1] <= scores[:, k - 1]) & (ids[:, -1] != MISSING_INDEX)
-
-
-def _in_order(scores: np.ndarray, ids: np.ndarray) -> bool:
-    """Whether every row is sorted by (score, id), missing neighbours last (faiss's CPU
-    heaps give that order: a wide enough answer's first k are then the best k)."""
-    if scores.shape[1] < 2:
-        return True
-    ahead, behind = scores[:, :-1], scores[:, 1:]
-    later_id = (ids[:, 1:] > ids[:, :-1]) | (ids[:, 1:] == MISSING_INDEX)
-    return bool(((behind > ahead) | ((behind == ahead) & later_id)).all())
-
-
-def missing_rows(positions: np.ndarray) -> np.ndarray:
-    """Rows of an (n, k) answer that lack a neighbour (a ``-1``), as indices."""
-    missing = positions == MISSING_INDEX
-    return np.flatnonzero(missing.any(axis=1)) if missing.any() else np.empty(0, np.int64)

@@ -33,9 +33,9 @@ from gpuknn import _backend
 from gpuknn.errors import GpuknnError
 from gpuknn.metrics import MISSING_INDEX, from_scores
 from gpuknn.search.exact import ExactSearch, single_threaded_blas
-from gpuknn.search.faiss_index import IVFSearch, missing_rows, require_faiss
+from gpuknn.search.faiss_index import IVFSearch, require_faiss
 from gpuknn.search.streamed import StreamedSearch
-from gpuknn.search.topk import merge_with_missing
+from gpuknn.search.topk import merge_with_missing, missing_rows
 
 log = logging.getLogger(__name__)
 

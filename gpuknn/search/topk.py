@@ -206,6 +206,28 @@ def merge_with_missing(values: Any, columns: Any, k: int, *, xp: ModuleType = np
     return values, columns
 
 
+def tied_past(scores: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
+    """Rows of a (score, id)-ordered answer wider than k whose last candidate still ties
+    the k-th: rows tied at the k-th place may lie beyond it. (n,) bool."""
+    return (scores[:, -1] <= scores[:, k - 1]) & (ids[:, -1] != -1)
+
+
+def in_score_order(scores: np.ndarray, ids: np.ndarray) -> bool:
+    """Whether every row is sorted by (score, id), missing neighbours (``-1``) last: the
+    order in which a wide enough answer's first k are the best k by (score, id)."""
+    if scores.shape[1] < 2:
+        return True
+    ahead, behind = scores[:, :-1], scores[:, 1:]
+    later_id = (ids[:, 1:] > ids[:, :-1]) | (ids[:, 1:] == -1)
+    return bool(((behind > ahead) | ((behind == ahead) & later_id)).all())
+
+
+def missing_rows(positions: np.ndarray) -> np.ndarray:
+    """Rows of an (n, k) answer that lack a neighbour (a ``-1``), as indices."""
+    missing = positions == -1
+    return np.flatnonzero(missing.any(axis=1)) if missing.any() else np.empty(0, np.int64)
+
+
 def _take_rows(array: Any, indices: Any, *, xp: ModuleType) -> Any:
     """``take_along_axis(array, indices, axis=1)`` for 2-D arrays, as one flat ``take``.
 

@@ -137,6 +137,7 @@ def _model_info(state: _State):
             "n_indexed": model.n_indexed, "index_type": hp.index_type,
             "index_metric": hp.index_metric, "device": model.device, "shards": model.n_shards,
             "classes": classes if hp.predictor_type == "classifier" else None,
-            "batches": state.batcher.batches, "rows_searched": state.batcher.rows})
+            "batches": state.batcher.batches, "rows_searched": state.batcher.rows,
+            "rows_in_search": state.batcher.searching})
 
     return model_info

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gpuknn.model.knn_model import Answer, KNNModel
+from gpuknn.model.answer import Answer
+from gpuknn.model.knn_model import KNNModel
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class MicroBatcher:
         self.max_wait = float(max_wait_ms) / 1000.0
         self.batches = 0
         self.rows = 0
+        self.searching = 0  # rows of the search running now (0 between searches)
         self._arriving = 0
         self._queue: asyncio.Queue[_Pending] | None = None
         self._collector: asyncio.Task | None = None
@@ -147,6 +149,7 @@ class MicroBatcher:
             return
         rows = live[0].rows if len(live) == 1 else np.concatenate([p.rows for p in live])
         loop = asyncio.get_running_loop()
+        self.searching = len(rows)
         try:
             answer = await loop.run_in_executor(self._executor, self.model.answer, rows)
         except Exception as err:
@@ -154,6 +157,8 @@ class MicroBatcher:
                 if not item.future.done():
                     item.future.set_exception(err)
             return
+        finally:
+            self.searching = 0
         self.batches += 1
         self.rows += len(rows)
         start = 0

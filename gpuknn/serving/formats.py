@@ -34,7 +34,8 @@ from gpuknn.io._record import messages
 from gpuknn.io.limits import InflateLimit
 from gpuknn.io.recordio import frame
 from gpuknn.io.text import label_column_hint
-from gpuknn.model.knn_model import Answer, KNNModel
+from gpuknn.model.answer import Answer
+from gpuknn.model.knn_model import KNNModel
 
 OUTPUT_TYPES = (data_io.JSON, data_io.JSONLINES, data_io.RECORDIO)
 _OUTPUT_ALIASES = {"*/*": data_io.JSON, "application/*": data_io.JSON,

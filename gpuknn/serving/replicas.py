@@ -25,7 +25,8 @@ from typing import IO, Any
 
 from gpuknn import _backend, devices
 from gpuknn.model import files as model_files
-from gpuknn.model.knn_model import Answer, KNNModel
+from gpuknn.model.answer import Answer
+from gpuknn.model.knn_model import KNNModel
 from gpuknn.search import placement
 
 log = logging.getLogger(__name__)
