@@ -8,7 +8,7 @@ from _compare import assert_same_neighbours, assert_valid_knn, reference_knn
 
 from gpuknn import _backend
 from gpuknn.metrics import normalize_rows, squared_norms
-from gpuknn.search import exact
+from gpuknn.search import exact, tiling
 from gpuknn.search.exact import ExactSearch
 
 
@@ -92,7 +92,7 @@ def test_tile_size_from_the_environment_changes_tiling_not_answers(xp, rng, monk
     X = rng.standard_normal((5000, 24)).astype(np.float32)
     Q = rng.standard_normal((300, 24)).astype(np.float32)
     want = ExactSearch(xp.asarray(X), "L2", xp=xp, partition="never").search(xp.asarray(Q), 7)
-    monkeypatch.setenv(exact.TILE_VARIABLE, "0.05")
+    monkeypatch.setenv(tiling.TILE_VARIABLE, "0.05")
     small = ExactSearch(xp.asarray(X), "L2", xp=xp, partition="never")
     assert small.tile_bytes == int(0.05 * (1 << 20))
     assert small._block_width(len(Q)) < len(X)  # several base blocks, merged
@@ -102,7 +102,7 @@ def test_tile_size_from_the_environment_changes_tiling_not_answers(xp, rng, monk
 
 @pytest.mark.parametrize("value", ["0", "-3", "lots", "nan"])
 def test_bad_tile_size_in_the_environment_names_the_variable(monkeypatch, value):
-    monkeypatch.setenv(exact.TILE_VARIABLE, value)
+    monkeypatch.setenv(tiling.TILE_VARIABLE, value)
     with pytest.raises(ValueError, match=r"\$GPUKNN_TILE_MB must be a positive number"):
         exact.default_tile_bytes(np)
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from gpuknn import KNN
-from gpuknn.benchmark.ivf_overhead import same_results
+from gpuknn.benchmark.ivf_replay import same_results
 from gpuknn.datasets.synthetic import clustered
 from gpuknn.metrics import MISSING_INDEX, missing_distance
 from gpuknn.search.faiss_index import IVFSearch, require_faiss

@@ -12,8 +12,8 @@ import pytest
 from scipy import stats
 
 from gpuknn.distributed import parts as parts_
-from gpuknn.distributed.hosts import ClusterSettings
 from gpuknn.distributed.merge import HostSample, allocate, merge
+from gpuknn.distributed.settings import ClusterSettings
 from gpuknn.errors import ClientError, DataError
 from gpuknn.sampling import ReservoirSampler
 

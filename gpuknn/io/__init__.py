@@ -17,11 +17,12 @@ import scipy.sparse as sp
 
 from gpuknn.errors import DataError
 from gpuknn.io import records
+from gpuknn.io.instances import iter_jsonlines, parse_json, read_json_document
 from gpuknn.io.limits import InflateLimit
 from gpuknn.io.places import Instances, Lines, Place, RecordRun, Records
 from gpuknn.io.recordio import PayloadRun, frame, iter_payloads
 from gpuknn.io.sources import Stream, iter_streams, name_of
-from gpuknn.io.text import iter_csv, iter_jsonlines, parse_json, read_json_document
+from gpuknn.io.text import iter_csv
 
 RECORDIO = "application/x-recordio-protobuf"
 CSV = "text/csv"

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from gpuknn import _backend
 from gpuknn.errors import ClientError
 from gpuknn.model.footprint import Footprint
-from gpuknn.search.exact import DEFAULT_TILE_BYTES, GPU_TILE_BYTES, SCRATCH_BYTES
+from gpuknn.search.tiling import DEFAULT_TILE_BYTES, GPU_TILE_BYTES, SCRATCH_BYTES
 from gpuknn.serving.formats import ANSWER_BUDGET_FACTOR
 
 BUDGET_VARIABLE = "GPUKNN_MAX_MODELS_MB"

@@ -32,6 +32,22 @@ from gpuknn.search.rounding import RoundingBound
 BLOCK_ROWS = 1 << 13
 
 
+class RowsOfVectors:
+    """``ntotal`` and ``dim`` of a search that keeps its base as ``self.vectors``."""
+
+    vectors: Any
+
+    @property
+    def ntotal(self) -> int:
+        """Number of base vectors."""
+        return int(self.vectors.shape[0])
+
+    @property
+    def dim(self) -> int:
+        """Dimension of the base vectors."""
+        return int(self.vectors.shape[1])
+
+
 class SearchBase:
     """The base of an exact search: its vectors, centre, centred norms and rounding bound.
 

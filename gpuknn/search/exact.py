@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
 from typing import Any
@@ -27,28 +26,18 @@ import numpy as np
 from gpuknn._backend import to_host, usable_cores
 from gpuknn.metrics import from_scores
 from gpuknn.search import partition as partition_module
-from gpuknn.search.base import SearchBase
+from gpuknn.search.base import RowsOfVectors, SearchBase
 from gpuknn.search.rounding import float64_top_k, gamma
+from gpuknn.search.tiling import GPU_QUERY_CHUNK, MERGE_TILES, block_width, default_tile_bytes
 from gpuknn.search.topk import candidates_for, merge_k, select_k
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TILE_BYTES = 16 << 20
 QUERY_CHUNK = 256
-# On a GPU, large tiles keep the GEMMs and selections big enough to fill the device.
-GPU_TILE_BYTES = 1 << 30
-# Overrides the score tile's size in MiB on either device (train, serve and Python alike).
-TILE_VARIABLE = "GPUKNN_TILE_MB"
-GPU_QUERY_CHUNK = 8192
 # Queries per pass of a cluster-pruned search (bounds its candidate lists).
 PARTITION_CHUNK = 4096
 # Query chunks that share each base block's scaled rows (one pass of the base for them).
 GROUP_CHUNKS = 8
-# The largest block of scaled base rows a tile makes on the CPU (see block_width).
-SCRATCH_BYTES = 8 << 20
-# Tiles whose candidate lists are held before they are merged into one (a large base
-# would otherwise hold n / width lists per query chunk: 0.5 GB on a GPU for 10M rows).
-MERGE_TILES = 32
 # Elements of the (rows, k, d) gather used to recompute the winners' distances.
 RECOMPUTE_BUDGET = 1 << 24
 
@@ -63,7 +52,7 @@ def _merged(values: list[Any], columns: list[Any], keep: int, xp: ModuleType,
     return merge_k(values, columns, min(keep, values.shape[1]), xp=xp)
 
 
-class ExactSearch:
+class ExactSearch(RowsOfVectors):
     """Brute-force search over a fixed set of base vectors.
 
     Parameters
@@ -78,7 +67,8 @@ class ExactSearch:
         Upper bound on the memory of one score tile; default ``$GPUKNN_TILE_MB`` if set,
         else 16 MiB on the CPU (stays in cache) and 1 GiB on a GPU. Besides the tile, a
         search holds the base once, its norms (4 bytes a row) and one block of scaled
-        base rows (:func:`device_bytes`): a 10M x 128 base takes 6.4 GB on a GPU.
+        base rows (:func:`gpuknn.search.tiling.device_bytes`): a 10M x 128 base takes 6.4 GB
+        on a GPU.
     partition : {"auto", "never", "always"} or ClusterPartition
         Cluster pruning (:mod:`gpuknn.search.partition`, L2 on the CPU with faiss installed):
         ``"auto"`` builds it for large bases and keeps it only where it pays off on the
@@ -177,16 +167,6 @@ class ExactSearch:
         """One base vector, (dim,) float32 on the host: a query that is cheap to answer
         (a pruned search scans little around it)."""
         return np.asarray(to_host(self.vectors[:1]), dtype=np.float32)[0]
-
-    @property
-    def ntotal(self) -> int:
-        """Number of base vectors."""
-        return int(self.vectors.shape[0])
-
-    @property
-    def dim(self) -> int:
-        """Dimension of the base vectors."""
-        return int(self.vectors.shape[1])
 
     def search(self, queries: Any, k: int) -> tuple[Any, Any]:
         """The k nearest base vectors of each query.
@@ -355,67 +335,6 @@ class ExactSearch:
         n_rows, k = columns.shape
         which = self.xp.repeat(self.xp.arange(n_rows), k)
         return self._pair_scores(queries, which, columns.reshape(-1)).reshape(n_rows, k)
-
-
-def block_width(n_rows: int, dim: int, tile_bytes: int) -> int:
-    """Base rows per tile for ``n_rows`` queries: a score tile of ``tile_bytes``, and a
-    block of scaled base rows of at most ``max(SCRATCH_BYTES, tile_bytes / 16)`` (so a
-    one-row search does not scale the whole base at once); at least 1,024 rows."""
-    width = tile_bytes // (4 * max(n_rows, 1))
-    scratch = max(SCRATCH_BYTES, tile_bytes // 16) // (4 * max(dim, 1))
-    return int(max(min(width, scratch), 1024))
-
-
-def device_bytes(n_base: int, dim: int, *, k: int = 10, tile_bytes: int = GPU_TILE_BYTES,
-                 query_chunk: int = GPU_QUERY_CHUNK) -> int:
-    """Device memory an L2 :class:`ExactSearch` of an (n_base, dim) float32 base holds on a
-    GPU while it searches a full chunk of queries.
-
-    The base once (``4 n d``), its norms (``4 n``), one score tile (``tile_bytes``), one
-    block of scaled base rows for that tile, the query chunk with its centred copy, and
-    each tile's candidate lists: what :meth:`ExactSearch.search` allocates, with the
-    default tile and chunk sizes of a GPU.
-
-    Parameters
-    ----------
-    n_base, dim : int
-    k : int
-        Neighbours asked for (sets the candidate lists' width).
-    tile_bytes : int
-        The score tile (``$GPUKNN_TILE_MB``; 1 GiB by default on a GPU).
-    query_chunk : int
-        Queries searched at once.
-
-    Returns
-    -------
-    int
-        Bytes.
-    """
-    width = block_width(query_chunk, dim, tile_bytes)
-    tiles = min(-(-n_base // width), MERGE_TILES + 1)
-    candidates = 2 * tiles * query_chunk * candidates_for(k) * (4 + 8)  # lists, merged
-    return (4 * n_base * dim + 4 * n_base + tile_bytes + 4 * width * dim
-            + 2 * 4 * query_chunk * dim + candidates)
-
-
-def default_tile_bytes(xp: ModuleType) -> int:
-    """The score tile's size: ``$GPUKNN_TILE_MB`` if set, else the device's default.
-
-    Raises
-    ------
-    ValueError
-        When the variable is not a positive number of MiB.
-    """
-    value = os.environ.get(TILE_VARIABLE, "").strip()
-    if not value:
-        return DEFAULT_TILE_BYTES if xp is np else GPU_TILE_BYTES
-    try:
-        megabytes = float(value)
-    except ValueError:
-        megabytes = 0.0
-    if not megabytes > 0:
-        raise ValueError(f"${TILE_VARIABLE} must be a positive number of MiB; got {value!r}")
-    return max(int(megabytes * (1 << 20)), 4096)
 
 
 def _partition(base: SearchBase, *, always: bool) -> partition_module.ClusterPartition | None:

@@ -3,7 +3,7 @@
 A model whose search fits one GPU with room to spare is placed whole on it (a server
 runs one such replica per GPU); one that does not is split into the fewest shards whose
 parts fit the chosen GPUs. The need of a search comes from the same arithmetic as its
-allocations: :func:`gpuknn.search.exact.device_bytes` for exact search, and for IVF the
+allocations: :func:`gpuknn.search.tiling.device_bytes` for exact search, and for IVF the
 lists, centroids and PQ tables faiss-gpu holds plus a chunk of queries.
 """
 
@@ -16,8 +16,9 @@ from typing import Any
 
 from gpuknn import _backend
 from gpuknn.errors import DeviceError
-from gpuknn.search.exact import GPU_QUERY_CHUNK, ExactSearch, device_bytes
+from gpuknn.search.exact import ExactSearch
 from gpuknn.search.faiss_index import index_kind
+from gpuknn.search.tiling import GPU_QUERY_CHUNK, device_bytes
 
 log = logging.getLogger(__name__)
 

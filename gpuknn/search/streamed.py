@@ -29,7 +29,7 @@ import numpy as np
 
 from gpuknn import _backend
 from gpuknn.metrics import MISSING_INDEX, from_scores
-from gpuknn.search.base import SearchBase
+from gpuknn.search.base import RowsOfVectors, SearchBase
 from gpuknn.search.exact import ExactSearch
 from gpuknn.search.topk import merge_with_missing
 
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 ASSUMED_BUS_BYTES_PER_S = 12e9
 
 
-class StreamedSearch:
+class StreamedSearch(RowsOfVectors):
     """Exact search of host-resident vectors, a segment at a time on ``xp``'s device.
 
     Parameters
@@ -74,16 +74,6 @@ class StreamedSearch:
                  "the CPU" if xp is np else f"GPU {device if device is not None else 0}",
                  len(self.segments), step, base_bytes / ASSUMED_BUS_BYTES_PER_S,
                  ASSUMED_BUS_BYTES_PER_S / 1e9)
-
-    @property
-    def ntotal(self) -> int:
-        """Rows of the base."""
-        return int(self.vectors.shape[0])
-
-    @property
-    def dim(self) -> int:
-        """Dimension of the base."""
-        return int(self.vectors.shape[1])
 
     @property
     def device(self) -> str:
