@@ -113,8 +113,8 @@ def test_no_import_cycles():
 def test_model_files_never_import_the_model_class():
     """The format reads and writes parts; the model class uses the format, one way."""
     graph = import_graph()
-    for module in ("gpuknn.model.files", "gpuknn.model.layout", "gpuknn.model.archives",
-                   "gpuknn.model.buffers", "gpuknn.model.parts"):
+    for module in ("gpuknn.model.files", "gpuknn.model.checks", "gpuknn.model.layout",
+                   "gpuknn.model.archives", "gpuknn.model.buffers", "gpuknn.model.parts"):
         assert "gpuknn.model.knn_model" not in reachable(graph, module), module
 
 

@@ -27,7 +27,7 @@ arrays are raw little-endian, or ``.npz`` members read as views
 
 This module checks the metadata (:func:`read_metadata`) and reads a directory's files,
 each of the size the metadata declares (:func:`read_directory`);
-:mod:`gpuknn.model.files` checks what they hold and builds the model's parts.
+:mod:`gpuknn.model.checks` checks what they hold and builds the model's parts.
 """
 
 from __future__ import annotations
