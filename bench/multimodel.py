@@ -32,7 +32,7 @@ from _machine import machine  # bench/_machine.py, beside this script
 
 from gpuknn import KNN
 from gpuknn.benchmark import multimodel
-from gpuknn.benchmark.memory import make_dataset
+from gpuknn.benchmark.memory_data import make_dataset
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 FULL = {"big": 1_000_000, "covtype": 200_000, "small": 1000, "small_rows": 10_000}

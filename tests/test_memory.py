@@ -1,7 +1,7 @@
 """Memory: a fitted faiss.Flat model holds its sample once, fitting never holds it twice
 (an IVF fit neither), and processes that load one model directory share its vectors.
 
-Each measurement runs in a fresh process (``gpuknn.benchmark.memory``), so that the
+Each measurement runs in a fresh process (``gpuknn.benchmark.fit_memory``), so that the
 resident sizes are this model's alone. Nothing is timed.
 """
 
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from gpuknn import KNN
-from gpuknn.benchmark import memory as harness
+from gpuknn.benchmark.fit_memory import fit_memory
 
 pytest.importorskip("faiss")
 
@@ -30,7 +30,7 @@ HELD_LIMIT, PEAK_LIMIT = 1.2, 2.0
 def test_a_fitted_flat_model_holds_its_sample_once(dataset, rows):
     """400k x 128 (205 MB) and 300k x 54 (65 MB): the model adds its sample once (plus
     norms, row order, ids and labels), and the fit's peak stays under twice the sample."""
-    result = harness.fit_memory(dataset, rows)
+    result = fit_memory(dataset, rows)
     assert result["raw_bytes"] == rows * (128 if dataset == "sift-like" else 54) * 4
     assert result["held_ratio"] <= HELD_LIMIT, result
     assert result["peak_ratio"] <= PEAK_LIMIT, result
@@ -47,7 +47,7 @@ IVF_HELD_LIMIT, IVF_PEAK_LIMIT = 1.35, 2.0
 @pytest.mark.parametrize(("dataset", "rows"), [("sift-like", 400_000),
                                                ("covtype-like", 300_000)])
 def test_an_ivf_fit_gives_its_sample_up_as_faiss_copies_it(dataset, rows):
-    result = harness.fit_memory(dataset, rows, index="faiss.IVFFlat")
+    result = fit_memory(dataset, rows, index="faiss.IVFFlat")
     assert result["held_ratio"] <= IVF_HELD_LIMIT, result
     assert result["peak_ratio"] <= IVF_PEAK_LIMIT, result
 

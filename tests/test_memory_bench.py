@@ -1,4 +1,5 @@
-"""The memory harness: ``gpuknn bench --memory`` and :mod:`gpuknn.benchmark.memory`.
+"""The memory harness: ``gpuknn bench --memory`` and :mod:`gpuknn.benchmark.memory` with
+the modules it runs (``fit_memory``, ``server_memory``, ``gpu_memory``, ``procmem``).
 
 Outputs are checked for shape and sense (positive, finite, one buffer counted once), never
 for speed, and memory only where an allocation's size is certain.
@@ -18,7 +19,8 @@ import numpy as np
 import pytest
 
 from gpuknn import KNN
-from gpuknn.benchmark import measure
+from gpuknn.benchmark import fit_memory as fits
+from gpuknn.benchmark import gpu_memory, measure, procmem, server_memory
 from gpuknn.benchmark import memory as harness
 
 # glibc then maps every allocation above 128 KiB on its own, and unmaps it when freed, so
@@ -106,11 +108,11 @@ def test_fit_memory_in_a_fresh_process(monkeypatch):
     """faiss's IndexFlatL2 holds one copy of the base: its held ratio is about 1."""
     pytest.importorskip("faiss")
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", FIXED_MMAP["MALLOC_MMAP_THRESHOLD_"])
-    theirs = harness.fit_memory("covtype-like", 30_000, engine="faiss")
+    theirs = fits.fit_memory("covtype-like", 30_000, engine="faiss")
     assert theirs["raw_bytes"] == 30_000 * 54 * 4
     assert 0.9 <= theirs["held_ratio"] <= 1.2
     assert theirs["peak_ratio"] >= theirs["held_ratio"] - 0.01
-    mine = harness.fit_memory("covtype-like", 30_000)
+    mine = fits.fit_memory("covtype-like", 30_000)
     for key in ("held_ratio", "held_trimmed_ratio", "peak_ratio", "peak_sampled_ratio"):
         assert math.isfinite(mine[key]) and mine[key] > 0
     assert mine["peak_ratio"] >= mine["held_ratio"]
@@ -122,7 +124,7 @@ def test_model_arrays_count_each_buffer_once(rng):
     model = KNN(k=3, predictor_type="classifier", sample_size=len(X), device="cpu").fit(
         X, np.arange(len(X)) % 3).model
     model.alias = model.labels[10:]  # a view of a buffer already counted
-    arrays = harness.model_arrays(model)
+    arrays = fits.model_arrays(model)
     assert [entry["nbytes"] for entry in arrays] == sorted(
         (entry["nbytes"] for entry in arrays), reverse=True)
     assert arrays[0]["nbytes"] >= X.nbytes and arrays[0]["dtype"] == "float32"
@@ -133,23 +135,23 @@ def test_load_time_reports_both_sides(tmp_path, rng):
     X = rng.standard_normal((2_000, 8)).astype(np.float32)
     path = KNN(k=3, predictor_type="classifier", sample_size=len(X), device="cpu").fit(
         X, np.arange(len(X)) % 2).model.save(tmp_path / "model")
-    result = harness.load_time(path, rounds=2)
+    result = fits.load_time(path, rounds=2)
     assert result["model_bytes"] == sum(p.stat().st_size for p in path.iterdir())
     for key in ("load_s", "read_s", "first_query_s", "ratio", "ratio_with_query"):
         assert result[key]["samples"] == 2 and result[key]["median"] > 0
 
 
 def test_gpu_accounting_holds_the_base_once():
-    gpu = harness.gpu_accounting(128, 16 * 10**9)
+    gpu = gpu_memory.gpu_accounting(128, 16 * 10**9)
     base_once, old = gpu["base_once_largest_n"], gpu["old_layout_largest_n"]
-    assert harness.base_once_bytes(base_once, 128) <= 16 * 10**9
-    assert harness.base_once_bytes(base_once + 1, 128) > 16 * 10**9
-    assert harness.old_layout_bytes(old, 128) <= 16 * 10**9
-    assert harness.old_layout_bytes(old + 1, 128) > 16 * 10**9
+    assert gpu_memory.base_once_bytes(base_once, 128) <= 16 * 10**9
+    assert gpu_memory.base_once_bytes(base_once + 1, 128) > 16 * 10**9
+    assert gpu_memory.old_layout_bytes(old, 128) <= 16 * 10**9
+    assert gpu_memory.old_layout_bytes(old + 1, 128) > 16 * 10**9
     assert 1.9 < base_once / old < 2.0  # the base once instead of twice
     assert 0 < gpu["largest_n"] and gpu["device_bytes_at_largest"] <= 16 * 10**9
-    assert harness.largest_fitting(lambda n: 3 * n + 10, 100) == 30
-    assert harness.largest_fitting(lambda n: 1000, 100) == 0
+    assert gpu_memory.largest_fitting(lambda n: 3 * n + 10, 100) == 30
+    assert gpu_memory.largest_fitting(lambda n: 1000, 100) == 0
 
 
 def test_report_says_met_not_met_and_not_measured():
@@ -178,7 +180,7 @@ def _fake_results(*, held: float, peak: float, load: float | None,
             "load": None if load is None else {"ratio": {"median": load}},
             "serve": None if pss is None else {"pss_ratio": pss, "rss_ratio": pss,
                                                 "runs": {}}}
-    return {"datasets": [data], "gpu": harness.gpu_accounting()}
+    return {"datasets": [data], "gpu": gpu_memory.gpu_accounting()}
 
 
 def test_stop_server_ends_the_whole_tree():
@@ -189,11 +191,11 @@ def test_stop_server_ends_the_whole_tree():
               "time.sleep(120)\n")
     parent = subprocess.Popen([sys.executable, "-c", script])
     deadline = time.monotonic() + 30
-    while len(harness.process_tree(parent.pid)) < 2 and time.monotonic() < deadline:
+    while len(procmem.process_tree(parent.pid)) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
-    tree = harness.process_tree(parent.pid)
+    tree = procmem.process_tree(parent.pid)
     assert len(tree) == 2
-    harness.stop_server(parent, timeout_s=10)
+    procmem.stop_server(parent, timeout_s=10)
     assert parent.returncode is not None
     for pid in tree[1:]:
         _wait_gone(pid)
@@ -217,7 +219,7 @@ def test_server_memory_of_one_and_two_workers(tmp_path, rng):
     X = rng.standard_normal((5_000, 8)).astype(np.float32)
     path = KNN(k=3, predictor_type="classifier", sample_size=len(X), device="cpu").fit(
         X, np.arange(len(X)) % 2).model.save(tmp_path / "model")
-    result = harness.server_memory(path, 8, log_dir=tmp_path / "logs")
+    result = server_memory.server_memory(path, 8, log_dir=tmp_path / "logs")
     one, two = result["runs"]["1"], result["runs"]["2"]
     assert len(one["processes"]) == 1 and len(two["processes"]) >= 3  # supervisor + 2
     for run in (one, two):

@@ -8,4 +8,9 @@
 - :mod:`gpuknn.benchmark.runner`: the command itself.
 - :mod:`gpuknn.benchmark.memory`: memory of the exact search next to faiss, each in a
   fresh process (fit, load, ``gpuknn serve`` PSS, GPU accounting): ``bench/memory.py``.
+  Its parts: :mod:`~gpuknn.benchmark.memory_data` (the data sets),
+  :mod:`~gpuknn.benchmark.procmem` (``/proc`` and process trees),
+  :mod:`~gpuknn.benchmark.fit_memory` (fit memory and load time, in a fresh process),
+  :mod:`~gpuknn.benchmark.server_memory` (a real server's memory, its HTTP helpers) and
+  :mod:`~gpuknn.benchmark.gpu_memory` (GPU accounting).
 """

@@ -14,6 +14,9 @@ Throughput is the number a reader compares, so it is timed with care:
 - the result is the **median** over samples with its interquartile range, and a
   peer's ratio to gpuknn is the median of the per-round ratios (both measured within
   seconds of each other, so a machine that slows down mid-run cancels out).
+
+:func:`interleaved` times any operations the same way, in rounds of a fresh random
+order (the load time, shard and multi-model harnesses use it).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -260,6 +263,19 @@ def _timed(engine: Engine, Q: np.ndarray, k: int, passes: int) -> float:
     for _ in range(passes):
         search_all(engine, Q, k)
     return time.perf_counter() - began
+
+
+def interleaved(operations: dict[str, Callable[[], Any]], rounds: int,
+                 seed: int) -> dict[str, list[Any]]:
+    """Each operation's results over ``rounds`` rounds, in a fresh random order each round."""
+    names = list(operations)
+    order = np.random.default_rng(seed)
+    samples: dict[str, list[Any]] = {name: [] for name in names}
+    for _ in range(rounds):
+        for i in order.permutation(len(names)):
+            gc.collect()
+            samples[names[i]].append(operations[names[i]]())
+    return samples
 
 
 def summary(values: Sequence[float]) -> dict[str, float]:

@@ -30,16 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from gpuknn.benchmark.measure import summary
-from gpuknn.benchmark.memory import (
-    free_port,
-    http_request,
-    interleaved,
-    process_memory,
-    process_tree,
-    stop_server,
-    wait_ready,
-)
+from gpuknn.benchmark.measure import interleaved, summary
+from gpuknn.benchmark.procmem import process_memory, process_tree, stop_server
+from gpuknn.benchmark.server_memory import free_port, http_request, wait_ready
 
 GOALS = {"load": 1.5, "invoke_p50": 1.1, "resident": 1.2}
 START_TIMEOUT_S = 900.0

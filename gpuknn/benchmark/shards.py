@@ -2,7 +2,7 @@
 
 The index is built once through :class:`gpuknn.KNN` (the product's defaults), then
 split with :meth:`gpuknn.KNNModel.sharded`. The whole model and each sharded one answer
-the same queries in interleaved rounds (:func:`gpuknn.benchmark.memory.interleaved`);
+the same queries in interleaved rounds (:func:`gpuknn.benchmark.measure.interleaved`);
 each time is a full ``kneighbors`` call. The answers are compared once, bit for bit.
 
 On a GPU, :func:`gpu_streaming` times a base streamed from host memory against the same
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from gpuknn import KNN
-from gpuknn.benchmark.memory import interleaved
+from gpuknn.benchmark.measure import interleaved
 
 GOAL_RATIO = 1.1  # N shards on the same cores: at most 1.1x the whole index's time
 STREAM_GOAL_RATIO = 1.5  # a streamed exact search against an in-memory one, same GPU
