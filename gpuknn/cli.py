@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import textwrap
 from collections.abc import Sequence
 
 from gpuknn import logs
 from gpuknn._version import __version__
 from gpuknn.errors import ClientError
+from gpuknn.help_format import HelpFormatter, subcommand
 from gpuknn.hyperparameters import INDEX_TYPES
 
 DEVICES = ("auto", "cpu", "gpu")
@@ -34,50 +34,9 @@ examples:
 'gpuknn COMMAND --help' describes a command and all its options."""
 
 
-class _HelpFormatter(argparse.HelpFormatter):
-    """Fill prose to the terminal's width but keep indented lines (examples, file lists)
-    as written, and add each option's default to its help.
-
-    A default is shown as ``(default: VALUE)`` unless the help already names one, or the
-    default is None (the help then says what applies) or a flag's False.
-    """
-
-    def _fill_text(self, text: str, width: int, indent: str) -> str:
-        lines: list[str] = []
-        prose: list[str] = []
-        for line in [*text.strip("\n").splitlines(), ""]:
-            if line and not line[0].isspace():
-                prose.append(line)
-                if not line.endswith(":"):  # a heading ends its paragraph
-                    continue
-            if prose:
-                lines += textwrap.wrap(" ".join(prose), width, initial_indent=indent,
-                                       subsequent_indent=indent, break_on_hyphens=False,
-                                       break_long_words=False)
-                prose = []
-            if not line or line[0].isspace():
-                lines.append(indent + line if line else "")
-        return "\n".join(lines).rstrip("\n")
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        text = action.help
-        default = action.default
-        if (not text or "default" in text.lower() or not action.option_strings
-                or default is None or default is False or default is argparse.SUPPRESS):
-            return text
-        return f"{text} (default: %(default)s)"
-
-
-def _command(commands, name: str, summary: str, description: str,
-             epilog: str) -> argparse.ArgumentParser:
-    """A subcommand whose --help shows ``description``, its options, then ``epilog``."""
-    return commands.add_parser(name, help=summary, description=description, epilog=epilog,
-                               formatter_class=_HelpFormatter)
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gpuknn", description=DESCRIPTION, epilog=EPILOG,
-                                     formatter_class=_HelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"gpuknn {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, title="commands")
     _add_quickstart(commands)
@@ -101,8 +60,8 @@ examples:
 
 
 def _add_quickstart(commands) -> None:
-    quick = _command(commands, "quickstart", "train and score on the bundled letter set",
-                     QUICKSTART, QUICKSTART_EXAMPLES)
+    quick = subcommand(commands, "quickstart", "train and score on the bundled letter set",
+                       QUICKSTART, QUICKSTART_EXAMPLES)
     quick.add_argument("--k", type=int, default=1, metavar="K",
                        help="neighbours that vote on each test row")
     quick.add_argument("--index-type", choices=INDEX_TYPES, default="faiss.Flat",
@@ -145,8 +104,8 @@ examples:
 
 
 def _add_train(commands) -> None:
-    train = _command(commands, "train", "run a SageMaker training job from an ml root "
-                                        "(the container's 'train')", TRAIN, TRAIN_EXAMPLES)
+    train = subcommand(commands, "train", "run a SageMaker training job from an ml root "
+                                          "(the container's 'train')", TRAIN, TRAIN_EXAMPLES)
     train.add_argument("--ml-root", default=None, metavar="DIR",
                        help="the job's ml root (default: $GPUKNN_ML_ROOT, else /opt/ml)")
     train.add_argument("--devices", default=None, metavar="all|0,2,...",
@@ -194,8 +153,8 @@ examples:
 
 
 def _add_serve(commands) -> None:
-    serve = _command(commands, "serve", "serve a model over HTTP (the container's 'serve'): "
-                                        "/ping, /invocations", SERVE, SERVE_EXAMPLES)
+    serve = subcommand(commands, "serve", "serve a model over HTTP (the container's 'serve'): "
+                                          "/ping, /invocations", SERVE, SERVE_EXAMPLES)
     serve.add_argument("--ml-root", default=None, metavar="DIR",
                        help="the model is <ml root>/model (default root: $GPUKNN_ML_ROOT, "
                             "else /opt/ml)")
@@ -256,9 +215,9 @@ examples:
 
 
 def _add_transform(commands) -> None:
-    transform = _command(commands, "transform", "batch transform: one <name>.out per input "
-                                                "file, like SageMaker's",
-                         TRANSFORM, TRANSFORM_EXAMPLES)
+    transform = subcommand(commands, "transform", "batch transform: one <name>.out per input "
+                                                  "file, like SageMaker's",
+                           TRANSFORM, TRANSFORM_EXAMPLES)
     transform.add_argument("--model", required=True, metavar="PATH",
                            help="a model directory or model.tar.gz (required)")
     transform.add_argument("--input", required=True, metavar="PATH",
@@ -345,8 +304,8 @@ examples:
 def _add_bench(commands) -> None:
     from gpuknn.benchmark.runner import add_arguments  # noqa: PLC0415 - argparse only
 
-    bench = _command(commands, "bench", "measure gpuknn against scikit-learn, faiss and "
-                                        "hnswlib on a data set", BENCH, BENCH_EXAMPLES)
+    bench = subcommand(commands, "bench", "measure gpuknn against scikit-learn, faiss and "
+                                          "hnswlib on a data set", BENCH, BENCH_EXAMPLES)
     add_arguments(bench)
 
 
