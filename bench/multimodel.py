@@ -28,10 +28,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _machine import machine  # bench/_machine.py, beside this script
 
 from gpuknn import KNN
 from gpuknn.benchmark import multimodel
+from gpuknn.benchmark.machine import machine
 from gpuknn.benchmark.memory_data import make_dataset
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"

@@ -19,9 +19,8 @@ import argparse
 import json
 from pathlib import Path
 
-from _machine import machine  # bench/_machine.py, beside this script
-
 from gpuknn.benchmark import shards
+from gpuknn.benchmark.machine import machine
 from gpuknn.datasets.synthetic import sift_like
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"

@@ -38,8 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from gpuknn.benchmark.machine import environment
 from gpuknn.benchmark.measure import paired_ratio, summary
-from gpuknn.benchmark.report import environment
 
 CSV = "text/csv"
 Timed = Callable[[], int]

@@ -220,7 +220,7 @@ def run(cases: Sequence[tuple[str, int]] = FULL, index_types: Sequence[str] = IN
         ``environment`` and ``results``, one :func:`compare` dict per case (with
         ``dataset`` and ``build_s`` added).
     """
-    from gpuknn.benchmark.report import environment  # noqa: PLC0415
+    from gpuknn.benchmark.machine import environment  # noqa: PLC0415
 
     results = []
     for dataset, n_base in cases:

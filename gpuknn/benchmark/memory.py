@@ -108,7 +108,7 @@ def measure_all(rows: dict[str, int], *, workdir: str | Path, ivf: bool = False,
         ``datasets`` (list of :func:`measure_dataset` results), ``gpu``
         (:func:`gpu_accounting`), ``environment`` and ``goals`` (:func:`goal_rows`).
     """
-    from gpuknn.benchmark.report import environment  # noqa: PLC0415 - threadpoolctl
+    from gpuknn.benchmark.machine import environment  # noqa: PLC0415 - threadpoolctl
 
     datasets = [measure_dataset(name, n, workdir=workdir, ivf=ivf, serve=serve,
                                 rounds=rounds, log=log) for name, n in rows.items()]

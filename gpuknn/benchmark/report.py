@@ -2,49 +2,12 @@
 
 from __future__ import annotations
 
-import datetime
 import json
-import platform
-import sys
 from pathlib import Path
 from typing import Any
 
-from gpuknn import _backend
-from gpuknn._backend import usable_cores
-from gpuknn._version import __version__
+from gpuknn.benchmark.machine import environment
 from gpuknn.benchmark.measure import SAMPLE_SECONDS, WIDE_SPREAD
-
-
-def environment() -> dict[str, Any]:
-    """CPU, cores, BLAS (threadpoolctl: library, version, core type), GPU, versions."""
-    from threadpoolctl import threadpool_info  # noqa: PLC0415
-
-    cpu = next((line.split(":", 1)[1].strip() for line in _cpuinfo()
-                if line.startswith("model name")), platform.processor())
-    versions = {"gpuknn": __version__, "python": sys.version.split()[0]}
-    for name in ("numpy", "faiss", "sklearn", "hnswlib", "cupy"):
-        module = sys.modules.get(name)
-        if module is not None:
-            versions[name] = getattr(module, "__version__", "?")
-    gpu = None
-    if _backend.has_gpu():
-        cp = _backend.array_module("gpu")
-        gpu = {"name": _backend.device_name(cp),
-               "driver": cp.cuda.runtime.driverGetVersion()}
-    return {"date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(
-                timespec="seconds"),
-            "cpu": cpu, "cores": usable_cores(), "platform": platform.platform(), "gpu": gpu,
-            "blas": [{key: pool.get(key) for key in ("internal_api", "version",
-                                                     "architecture", "num_threads")}
-                     for pool in threadpool_info()],
-            "versions": versions}
-
-
-def _cpuinfo() -> list[str]:
-    try:
-        return Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return []
 
 
 def write(results: list[dict[str, Any]], dataset: dict[str, Any], out: Path) -> list[Path]:
