@@ -46,8 +46,10 @@ timeout 220 "$PY" bench/gpu_bench.py "$@" --out "$OUT"
 bench_status=$?
 
 # streamed against in-memory exact search, and queries/s against the number of GPUs
-timeout 120 "$PY" bench/shards.py --gpu --out "$OUT" || bench_status=$?
+timeout 120 "$PY" bench/shards.py --gpu --out "$OUT"
+shards_status=$?
 
 echo
-echo "gpu_check: pytest exit ${tests_status}, gpu_bench exit ${bench_status}; results in ${OUT}/"
-exit $((tests_status != 0 || bench_status != 0))
+echo "gpu_check: pytest exit ${tests_status}, gpu_bench exit ${bench_status}, shards exit" \
+     "${shards_status}; results in ${OUT}/"
+exit $((tests_status != 0 || bench_status != 0 || shards_status != 0))

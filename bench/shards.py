@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
+from gpuknn import _backend
 from gpuknn.benchmark import shards
 from gpuknn.benchmark.machine import machine
 from gpuknn.datasets.synthetic import sift_like
@@ -28,13 +30,16 @@ QUERIES = {"faiss.Flat": 2_000, "faiss.IVFFlat": 10_000}
 GPU_ROWS = 4_000_000
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--gpu", action="store_true")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args()
     if args.gpu:
+        if not _backend.has_gpu():
+            print("shards: no CUDA GPU with CuPy here; nothing measured", file=sys.stderr)
+            return 2
         return gpu(args.out)
     rows = 100_000 if args.quick else 1_000_000
     data = sift_like(rows + max(QUERIES.values()), seed=7)
@@ -50,9 +55,10 @@ def main() -> None:
         {"machine": machine(), "results": results}, indent=2) + "\n")
     (args.out / f"{name}.md").write_text(f"# Shards against one index\n\n"
                                          f"{shards.markdown(results)}\n")
+    return 0
 
 
-def gpu(out: Path) -> None:
+def gpu(out: Path) -> int:
     data = sift_like(GPU_ROWS + 10_000, seed=7)
     base, queries = data[:GPU_ROWS], data[GPU_ROWS:]
     streaming = shards.gpu_streaming(base, queries)
@@ -70,7 +76,8 @@ def gpu(out: Path) -> None:
     (out / "shards-gpu.json").write_text(json.dumps(
         {"machine": machine(), "streaming": streaming, "devices": scaling}, indent=2) + "\n")
     (out / "shards-gpu.md").write_text(text)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -237,8 +237,9 @@ def test_gpu_check_script_runs_through_without_a_gpu(tmp_path):
                             env={**os.environ, "OUT": str(tmp_path),
                                  "PYTHON": sys.executable})
     assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
-    assert "pytest exit 0, gpu_bench exit 2" in result.stdout
-    assert "no CUDA GPU with CuPy here" in result.stderr
+    assert "pytest exit 0, gpu_bench exit 2, shards exit 2" in result.stdout
+    assert "gpu_bench: no CUDA GPU with CuPy here" in result.stderr
+    assert "shards: no CUDA GPU with CuPy here" in result.stderr
     assert "skipped" in (tmp_path / "gpu_check-pytest.txt").read_text()
 
 

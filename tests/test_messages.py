@@ -273,7 +273,7 @@ def test_a_user_mistake_is_logged_once_without_a_traceback(tmp_path, caplog):
 
 def test_an_internal_error_logs_its_traceback_but_not_in_the_failure_file(
         tmp_path, caplog, monkeypatch):
-    def broken(env):
+    def broken(env, *, gpus=None):
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(train, "train", broken)

@@ -3,15 +3,19 @@ benchmark (``gpuknn bench``, the ``bench/`` scripts and their harnesses).
 
 :func:`machine` is the host (date, platform, Python, CPU model and SIMD flags, memory,
 the thread variables that are set); :func:`environment` is what a result depends on
-(CPU, usable cores, BLAS and its core type from threadpoolctl, the GPU, versions).
+(CPU, usable cores, BLAS and its core type from threadpoolctl, the GPU, versions);
+:func:`source_state` is which gpuknn was measured (its path, and whether its files are
+those of the repository's ``HEAD``).
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import os
 import platform
 import socket
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -103,6 +107,53 @@ def environment() -> dict[str, Any]:
                                                      "architecture", "num_threads")}
                      for pool in threadpool_info()],
             "versions": versions}
+
+
+def source_state(repo: Path | None = None) -> dict[str, Any]:
+    """Which gpuknn was measured: its path and how its files compare with a repo's HEAD.
+
+    Git blob ids of the imported package's ``.py`` files against ``git ls-tree HEAD
+    gpuknn`` of ``repo`` (run from a ``git archive HEAD`` copy on ``PYTHONPATH`` to
+    measure the committed code while the checkout is edited).
+
+    Parameters
+    ----------
+    repo : Path, optional
+        The git checkout to compare with: a bench script passes its own (default: the
+        folder above the imported package).
+
+    Returns
+    -------
+    dict
+        ``gpuknn_path``; then ``repo``, ``head``, ``matches_head`` and
+        ``files_differing_from_head``, or ``git`` saying why git could not be asked.
+    """
+    package = Path(__file__).parent.parent  # the imported package, as gpuknn.__file__ says
+    repo = package.parent if repo is None else repo
+    state: dict[str, Any] = {"gpuknn_path": str(package)}
+    try:
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        tree = subprocess.run(["git", "-C", str(repo), "ls-tree", "-r", "HEAD", "gpuknn"],
+                              capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as err:
+        state["git"] = f"unavailable ({err})"
+        return state
+    committed = {}
+    for line in tree.splitlines():
+        meta, _, path = line.partition("\t")
+        if path.endswith(".py"):
+            committed[path.removeprefix("gpuknn/")] = meta.split()[2]
+    found = {}
+    for file in sorted(package.rglob("*.py")):
+        content = file.read_bytes()
+        blob = hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
+        found[file.relative_to(package).as_posix()] = blob
+    differing = sorted(name for name in set(committed) | set(found)
+                       if committed.get(name) != found.get(name))
+    state.update({"repo": str(repo), "head": head, "matches_head": not differing,
+                  "files_differing_from_head": differing})
+    return state
 
 
 def _cpuinfo() -> list[str]:

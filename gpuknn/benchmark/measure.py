@@ -266,14 +266,35 @@ def _timed(engine: Engine, Q: np.ndarray, k: int, passes: int) -> float:
 
 
 def interleaved(operations: dict[str, Callable[[], Any]], rounds: int,
-                 seed: int) -> dict[str, list[Any]]:
-    """Each operation's results over ``rounds`` rounds, in a fresh random order each round."""
+                seed: int | Sequence[int], *, settle_s: float = 0.0) -> dict[str, list[Any]]:
+    """Each operation's results over ``rounds`` rounds, in a fresh random order each round.
+
+    Parameters
+    ----------
+    operations : dict of str to callable
+        What to call, by name; each call's return value (a time, say) is its sample.
+    rounds : int
+        How many times every operation is called.
+    seed : int or sequence of int
+        Seed of the orders (anything ``numpy.random.default_rng`` takes).
+    settle_s : float
+        Seconds to sleep before every call, after ``gc.collect()``: BLAS and OpenMP
+        worker threads spin for a while after a call and would otherwise steal a core
+        from the next one. 0 (the default) sleeps not at all.
+
+    Returns
+    -------
+    dict of str to list
+        Each operation's return values, one per round, in round order.
+    """
     names = list(operations)
     order = np.random.default_rng(seed)
     samples: dict[str, list[Any]] = {name: [] for name in names}
     for _ in range(rounds):
         for i in order.permutation(len(names)):
             gc.collect()
+            if settle_s > 0:
+                time.sleep(settle_s)
             samples[names[i]].append(operations[names[i]]())
     return samples
 

@@ -14,6 +14,9 @@ the same run:
   all, the server's resident memory (PSS of every process, less the empty server's) over
   the sum of their files, what the server's budget accounting says it holds, and the
   latency of invoking a random one against a single-model server of one of them.
+
+:func:`run` builds the models (:func:`fit_and_save`, :func:`small_models`) and takes the
+three; :mod:`gpuknn.benchmark.multimodel_report` renders its report as Markdown.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import random
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +34,9 @@ from typing import Any
 
 import numpy as np
 
+from gpuknn.benchmark.machine import machine
 from gpuknn.benchmark.measure import interleaved, summary
+from gpuknn.benchmark.memory_data import make_dataset
 from gpuknn.benchmark.procmem import process_memory, process_tree, stop_server
 from gpuknn.benchmark.server_memory import free_port, http_request, wait_ready
 
@@ -38,6 +44,8 @@ GOALS = {"load": 1.5, "invoke_p50": 1.1, "resident": 1.2}
 START_TIMEOUT_S = 900.0
 STABLE_SHARE = 0.005  # PSS counts as settled once two reads a second apart differ less
 _TAKEN = re.compile(r"budget left \((\d+) bytes taken\)")
+SMALL_DIM = 16
+HELD_OUT = 4000  # covtype-like rows kept out of the model, the invoke's queries
 
 
 # -- servers -------------------------------------------------------------------------------------
@@ -102,6 +110,67 @@ def timed_post(port: int, path: str, body: bytes) -> float:
     began = time.perf_counter()
     call(port, "POST", path, body, {"Content-Type": "text/csv", "Accept": "application/json"})
     return time.perf_counter() - began
+
+
+# -- the models ---------------------------------------------------------------------------------
+def fit_and_save(X: np.ndarray, y: np.ndarray, path: Path, k: int = 10) -> Path:
+    """A CPU classifier over every row of ``X``, saved as a directory at ``path``."""
+    from gpuknn import KNN  # noqa: PLC0415 - the measured engine, only where models are made
+
+    model = KNN(k=k, predictor_type="classifier", sample_size=len(X), device="cpu")
+    return model.fit(X, y).model.save(path)
+
+
+def small_models(count: int, rows: int, root: Path) -> list[Path]:
+    """``count`` models of ``rows`` x 16: five Gaussian classes each, seeded per model."""
+    paths = []
+    for i in range(count):
+        rng = np.random.default_rng([2026, i])
+        y = rng.integers(0, 5, rows)
+        X = (rng.normal(scale=3.0, size=(5, SMALL_DIM))[y]
+             + rng.normal(size=(rows, SMALL_DIM)))
+        paths.append(fit_and_save(X.astype(np.float32), y.astype(np.float32),
+                                  root / f"small-{i:04d}", k=5))
+    return paths
+
+
+def run(sizes: dict[str, int], *, rounds: int = 7) -> dict[str, Any]:
+    """The three measurements on models built here, in a temporary folder.
+
+    Parameters
+    ----------
+    sizes : dict
+        ``big``: rows of the sift-like 128-d model that is loaded; ``covtype``: rows of
+        the covtype-like model that is invoked; ``small`` models of ``small_rows`` x 16.
+    rounds : int
+        Interleaved rounds of the load and invoke ratios.
+
+    Returns
+    -------
+    dict
+        ``machine``, ``sizes``, ``load``, ``invoke``, ``many`` (1 and 2 workers) and the
+        ``seconds`` it all took.
+    """
+    began = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="gpuknn-multimodel-") as folder:
+        work = Path(folder)
+        X, y = make_dataset("sift-like", sizes["big"])
+        big = fit_and_save(X, y, work / "big")
+        del X, y
+        print(f"built the {sizes['big']:,} x 128 model", flush=True)
+        load = load_ratio(big, work, rounds=rounds)
+        print(f"load: {load['ratio']['median']:.2f}x KNNModel.load", flush=True)
+        X, y = make_dataset("covtype-like", sizes["covtype"] + HELD_OUT)
+        covtype = fit_and_save(X[:-HELD_OUT], y[:-HELD_OUT], work / "covtype")
+        invoke = invoke_ratio(covtype, X[-HELD_OUT:], work, rounds=rounds)
+        print(f"invoke p50: {invoke['1']['ratio']['median']:.3f}x (1 row), "
+              f"{invoke['581']['ratio']['median']:.3f}x (581 rows)", flush=True)
+        smalls = small_models(sizes["small"], sizes["small_rows"], work)
+        many = [many_models(smalls, SMALL_DIM, work, workers=workers) for workers in (1, 2)]
+        print(f"{sizes['small']} models: resident {many[0]['resident_ratio']:.2f}x (1 worker), "
+              f"{many[1]['resident_ratio']:.2f}x (2 workers) of their files", flush=True)
+    return {"machine": machine(), "sizes": sizes, "load": load, "invoke": invoke,
+            "many": many, "seconds": time.perf_counter() - began}
 
 
 # -- 1. load -------------------------------------------------------------------------------------

@@ -4,20 +4,27 @@
     Rows shaped like UCI Covertype (10 integer columns in its ranges, a one-hot of 4
     wilderness areas and one of 40 soil types; 7 classes with covtype's shares), drawn
     around 2,000 "patches" so that near rows share a class, as neighbouring forest cells
-    do. The training benchmark's docstring (``bench/train_covtype.py``) describes it in
-    full.
+    do. The training benchmark's docstring (:mod:`gpuknn.benchmark.train_covtype`)
+    describes it in full.
 ``sift_like``
     128-d rows shaped like SIFT descriptors: non-negative integers up to 255, drawn
     around 1,000 cluster centres (unlabelled; ANN benchmarks' classic shape).
 ``clustered``
     Small Gaussian blobs with labels, for quick runs.
+``gaussian``
+    ``N(0, 1)`` rows and labels 0-9 of one dtype (the data layer's read benchmark).
+``gaussian_mixture``
+    Base and query rows of a 128-d mixture whose classes overlap (the CPU comparison).
 """
 
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 SEED = 20240607
+# The seed the comparison benchmarks' Gaussian sets have been drawn from since they began.
+GAUSSIAN_SEED = 20240601
 N_CLASSES = 7
 # covtype's 10 quantitative columns and their ranges in the UCI file
 COLUMNS = ["Elevation", "Aspect", "Slope", "Horizontal_Distance_To_Hydrology",
@@ -97,3 +104,63 @@ def clustered(n: int, dim: int, n_classes: int, seed: int = SEED) -> tuple[np.nd
     which = rng.integers(0, len(centres), n)
     X = (centres[which] + rng.standard_normal((n, dim))).astype(np.float32)
     return X, (which % n_classes).astype(np.float32)
+
+
+def gaussian(n: int, dim: int, dtype: DTypeLike = np.float32,
+             seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``N(0, 1)`` rows and uniform labels 0-9, both of one dtype.
+
+    Parameters
+    ----------
+    n, dim : int
+        Rows and columns.
+    dtype : dtype
+        Of the rows and of the labels (float32 or float64, say).
+    seed : int
+        Picks the set; the generator is seeded with ``[GAUSSIAN_SEED, seed]``.
+
+    Returns
+    -------
+    X : ndarray of shape (n, dim)
+    y : ndarray of shape (n,)
+        Integers 0-9 stored as ``dtype``.
+    """
+    rng = np.random.default_rng([GAUSSIAN_SEED, seed])
+    return rng.standard_normal((n, dim)).astype(dtype), rng.integers(0, 10, n).astype(dtype)
+
+
+def gaussian_mixture(n_base: int, n_queries: int, *, dim: int = 128, n_clusters: int = 100,
+                     n_labels: int = 10, center_scale: float = 0.4, seed: int = GAUSSIAN_SEED,
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Seeded Gaussian mixture: base rows, base labels, query rows, query labels.
+
+    ``n_clusters`` centres are drawn from ``N(0, center_scale**2 I_dim)``; every row picks a
+    centre uniformly and adds ``N(0, I_dim)`` noise; its label is the centre's number modulo
+    ``n_labels``. Queries come from the same distribution and are not in the base. With the
+    defaults (128-d, 100 clusters, scale 0.4) centres are about as far apart as two noisy
+    rows of one cluster, so classes overlap: exact 10-NN voting scores about 0.78 and 1-NN
+    about 0.55 (chance is 0.1), neither trivially separable nor pure noise.
+
+    Parameters
+    ----------
+    n_base, n_queries : int
+        Rows of the base and of the queries.
+    dim, n_clusters, n_labels : int
+        Columns, mixture components and distinct labels.
+    center_scale : float
+        Standard deviation of the centres (the noise's is 1).
+    seed : int
+        Seed of the generator.
+
+    Returns
+    -------
+    X, y, Q, y_q : ndarray
+        Base rows (n_base, dim) and labels (n_base,), query rows (n_queries, dim) and
+        labels (n_queries,); all float32.
+    """
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((n_clusters, dim)) * center_scale
+    assign = rng.integers(0, n_clusters, size=n_base + n_queries)
+    rows = (centers[assign] + rng.standard_normal((n_base + n_queries, dim))).astype(np.float32)
+    labels = (assign % n_labels).astype(np.float32)
+    return rows[:n_base], labels[:n_base], rows[n_base:], labels[n_base:]
