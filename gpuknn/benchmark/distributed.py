@@ -25,10 +25,8 @@ Engines and what they run:
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
 import os
-import random
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -39,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from gpuknn.benchmark.machine import environment
-from gpuknn.benchmark.measure import paired_ratio, summary
+from gpuknn.benchmark.measure import interleaved, paired_ratio, summary
 
 CSV = "text/csv"
 Timed = Callable[[], int]
@@ -180,23 +178,23 @@ def transform_engines(model_path: Path, inputs: Path, out: Path) -> dict[str, Ti
 
 def rounds(engines: dict[str, Timed], count: int, seed: int = 0,
            warm_up: int = 2) -> dict[str, list[float]]:
-    """Rows/s of every engine, ``count`` interleaved rounds after ``warm_up`` untimed ones
-    (Ray starts its worker processes, which import gpuknn, in the first)."""
+    """Rows/s of every engine, ``count`` interleaved rounds
+    (:func:`gpuknn.benchmark.measure.interleaved`, 0.2 s before every call) after
+    ``warm_up`` untimed ones (Ray starts its worker processes, which import gpuknn, in the
+    first)."""
     for _ in range(warm_up):
         for run in engines.values():
             run()
-    rng = random.Random(seed)
-    rates: dict[str, list[float]] = {name: [] for name in engines}
-    for _ in range(count):
-        order = list(engines)
-        rng.shuffle(order)
-        for name in order:
-            gc.collect()
-            time.sleep(0.2)
+
+    def rate(run: Timed) -> Callable[[], float]:
+        def measured() -> float:
             began = time.perf_counter()
-            rows = engines[name]()
-            rates[name].append(rows / (time.perf_counter() - began))
-    return rates
+            rows = run()
+            return rows / (time.perf_counter() - began)
+        return measured
+
+    return interleaved({name: rate(run) for name, run in engines.items()}, count, seed,
+                       settle_s=0.2)
 
 
 def report(rates: dict[str, list[float]]) -> dict[str, Any]:

@@ -11,12 +11,14 @@ preparation, the short-row check, the square root of L2 distances, the id mappin
 - ``gpuknn``: ``model.kneighbors(queries, k)`` on the float32 queries as a user has them;
 - ``IVFSearch``: ``model.index.search(prepared, k)``, the index layer alone.
 
-Timing: every round times each engine once, in a fresh random order, after a garbage
-collection and a short pause that lets the previous engine's thread pools go idle. A
-batch sample is one call on :data:`BATCH` queries; a single-row sample is the median
-time of one-row calls over :data:`SINGLE_ROWS` different rows. Ratios and differences
-are taken within a round (the engines timed seconds apart) and summarised by their
-median and quartiles over rounds, so a machine that slows down mid-run cancels out.
+Timing (:func:`gpuknn.benchmark.measure.interleaved`): every round times each engine
+once, in a fresh random order, after a garbage collection and a short pause that lets the
+previous engine's thread pools go idle; the batch rounds come first, then the single-row
+rounds. A batch sample is one call on :data:`BATCH` queries (wall and process CPU time,
+:func:`gpuknn.benchmark.timed.wall_and_cpu`); a single-row sample is the median time of
+one-row calls over :data:`SINGLE_ROWS` different rows. Ratios and differences are taken
+within a round (the engines timed seconds apart) and summarised by their median and
+quartiles over rounds, so a machine that slows down mid-run cancels out.
 
 On a shared machine those wall-clock ratios carry a few percent of noise. The work gpuknn
 adds is also measured without faiss (:func:`added_work`): faiss's index is replaced by a
@@ -29,7 +31,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import random
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -38,7 +39,8 @@ from typing import Any
 import numpy as np
 
 from gpuknn.benchmark.ivf_replay import K, added_work, same_results
-from gpuknn.benchmark.measure import summary
+from gpuknn.benchmark.measure import interleaved, summary
+from gpuknn.benchmark.timed import wall_and_cpu
 
 BATCH = 4096
 SINGLE_ROWS = 256
@@ -80,21 +82,9 @@ def fit(X: np.ndarray, y: np.ndarray | None, index_type: str, **hyperparameters:
                predictor_type="classifier", **hyperparameters).fit(X, y).fitted_model
 
 
-def _timed(call: Callable[[], Any], settle_s: float) -> tuple[float, float]:
-    """Wall-clock and process CPU seconds of one call, after a pause."""
-    gc.collect()
-    time.sleep(settle_s)
-    began, began_cpu = time.perf_counter(), time.process_time()
-    call()
-    return time.perf_counter() - began, time.process_time() - began_cpu
-
-
-def _per_row(search: Callable[[np.ndarray], Any], rows: np.ndarray,
-             settle_s: float) -> float:
+def _per_row(search: Callable[[np.ndarray], Any], rows: np.ndarray) -> float:
     """Median time of one-row calls, one per row of ``rows`` (robust to a preempted call)."""
     times = np.empty(len(rows))
-    gc.collect()
-    time.sleep(settle_s)
     for i in range(len(rows)):
         row = rows[i:i + 1]
         began = time.perf_counter()
@@ -147,28 +137,21 @@ def compare(model: Any, queries: np.ndarray, *, rounds: int = 15, settle_s: floa
         "IVFSearch": lambda: model.index.search(prepared, k),
     }
     single_calls: dict[str, Callable[[], float]] = {
-        "faiss": lambda: _per_row(lambda row: index.search(row, k), prepared_rows, settle_s),
-        "gpuknn": lambda: _per_row(lambda row: model.kneighbors(row, k), rows, settle_s),
-        "IVFSearch": lambda: _per_row(lambda row: model.index.search(row, k), prepared_rows,
-                                      settle_s),
+        "faiss": lambda: _per_row(lambda row: index.search(row, k), prepared_rows),
+        "gpuknn": lambda: _per_row(lambda row: model.kneighbors(row, k), rows),
+        "IVFSearch": lambda: _per_row(lambda row: model.index.search(row, k), prepared_rows),
     }
     before = index.nprobe
     index.nprobe = nprobe  # gpuknn passes its own SearchParametersIVF; raw faiss uses this
-    order = random.Random(seed)
-    batch_s: dict[str, list[float]] = {name: [] for name in ENGINES}
-    batch_cpu_s: dict[str, list[float]] = {name: [] for name in ENGINES}
-    single_s: dict[str, list[float]] = {name: [] for name in ENGINES}
     try:
         for name in ENGINES:  # warm-up, untimed
             batch_calls[name]()
             single_calls[name]()
-        for _ in range(rounds):
-            for name in order.sample(ENGINES, len(ENGINES)):
-                wall, cpu = _timed(batch_calls[name], settle_s)
-                batch_s[name].append(wall)
-                batch_cpu_s[name].append(cpu)
-            for name in order.sample(ENGINES, len(ENGINES)):
-                single_s[name].append(single_calls[name]())
+        batches = interleaved({name: (lambda call=batch_calls[name]: wall_and_cpu(call))
+                               for name in ENGINES}, rounds, [seed, 0], settle_s=settle_s)
+        single_s = interleaved(single_calls, rounds, [seed, 1], settle_s=settle_s)
+        batch_s = {name: [wall for wall, _ in batches[name]] for name in ENGINES}
+        batch_cpu_s = {name: [cpu for _, cpu in batches[name]] for name in ENGINES}
         checked = same_results(model, queries, k)
         added = added_work(model, queries, k=k)
     finally:

@@ -21,8 +21,8 @@ three; :mod:`gpuknn.benchmark.multimodel_report` renders its report as Markdown.
 
 from __future__ import annotations
 
+import itertools
 import json
-import random
 import re
 import subprocess
 import sys
@@ -230,7 +230,6 @@ def invoke_ratio(model_dir: Path, queries: np.ndarray, log_dir: Path, *,
     """
     multi = Server(["--multi-model"], log_dir / "serve-invoke-multi.log")
     single = Server(["--model", str(model_dir)], log_dir / "serve-invoke-single.log")
-    rng = random.Random(seed)
     result: dict[str, Any] = {"requests": requests, "rounds": rounds}
     try:
         load(multi.port, "model", model_dir)
@@ -240,14 +239,11 @@ def invoke_ratio(model_dir: Path, queries: np.ndarray, log_dir: Path, *,
             bodies = [csv_body(queries[i:i + size]) for i in
                       range(0, len(queries) - size + 1, max(1, size))][:requests]
             rounds_p50: dict[str, list[float]] = {"multi": [], "single": []}
-            for _ in range(rounds + 1):  # the first round warms up, untimed
-                times: dict[str, list[float]] = {"multi": [], "single": []}
-                for i in range(requests):
-                    order = ["multi", "single"]
-                    rng.shuffle(order)
-                    for engine in order:
-                        times[engine].append(timed_post(*paths[engine],
-                                                        bodies[i % len(bodies)]))
+            for round_number in range(rounds + 1):  # the first round warms up, untimed
+                times = _alternating(
+                    {engine: (lambda i, engine=engine, bodies=bodies: timed_post(
+                        *paths[engine], bodies[i % len(bodies)])) for engine in paths},
+                    requests, [seed, size, round_number])
                 for engine, values in times.items():
                     rounds_p50[engine].append(float(np.median(values)))
             result[str(size)] = {
@@ -305,15 +301,12 @@ def many_models(directories: list[Path], dim: int, log_dir: Path, *, workers: in
 
 
 def _alternating(calls: dict[str, Callable[[int], float]], count: int,
-                 seed: int) -> dict[str, list[float]]:
-    """``count`` samples of each call, alternating in a fresh random order each time."""
-    rng, names = random.Random(seed), list(calls)
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    for i in range(count):
-        rng.shuffle(names)
-        for name in names:
-            samples[name].append(calls[name](i))
-    return samples
+                 seed: int | list[int]) -> dict[str, list[float]]:
+    """``count`` samples of each call (the ``i``-th call of each is given ``i``), in
+    rounds of one call each in a fresh random order (:func:`measure.interleaved`)."""
+    counters = {name: itertools.count() for name in calls}
+    return interleaved({name: (lambda name=name: calls[name](next(counters[name])))
+                        for name in calls}, count, seed)
 
 
 def _files_bytes(directory: Path) -> int:

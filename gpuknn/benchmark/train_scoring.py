@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from gpuknn.benchmark.measure import interleaved
 from gpuknn.datasets.synthetic import N_CLASSES, SEED
 
 
@@ -133,16 +134,18 @@ def _variants(search: Any, queries: np.ndarray, k: int) -> dict[str, Callable[[]
 
 def _interleaved(variants: dict[str, Callable[[], Any]], repeats: int,
                  ) -> dict[str, list[float]]:
-    """Seconds of each variant in ``repeats`` rounds, each round in a shuffled order."""
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    shuffle = np.random.default_rng([SEED, 2])
-    for _ in range(repeats):  # interleaved rounds: a slow minute hits every variant
-        for name in shuffle.permutation(list(variants)):
-            time.sleep(0.2)  # let the BLAS threads of the previous call go idle
+    """Seconds of each variant in ``repeats`` rounds, each round in a shuffled order
+    (:func:`gpuknn.benchmark.measure.interleaved`), with 0.2 s before every call so that
+    the BLAS threads of the previous call go idle."""
+    def timed(call: Callable[[], Any]) -> Callable[[], float]:
+        def run() -> float:
             started = time.perf_counter()
-            variants[name]()
-            times[name].append(time.perf_counter() - started)
-    return times
+            call()
+            return time.perf_counter() - started
+        return run
+
+    return interleaved({name: timed(call) for name, call in variants.items()}, repeats,
+                       seed=[SEED, 2], settle_s=0.2)
 
 
 def _tiles(search: Any, queries: np.ndarray, k: int, part: str) -> None:
