@@ -299,6 +299,15 @@ def interleaved(operations: dict[str, Callable[[], Any]], rounds: int,
     return samples
 
 
+def timer(call: Callable[[], Any]) -> Callable[[], float]:
+    """``call`` as an operation for :func:`interleaved`: it returns its wall seconds."""
+    def timed() -> float:
+        started = time.perf_counter()
+        call()
+        return time.perf_counter() - started
+    return timed
+
+
 def summary(values: Sequence[float]) -> dict[str, float]:
     """Median, quartiles and relative spread ((q3 - q1) / median) of some samples."""
     q1, median, q3 = np.percentile(np.asarray(values, dtype=np.float64), [25, 50, 75])

@@ -24,7 +24,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ import numpy as np
 
 from gpuknn import KNN, KNNModel
 from gpuknn.benchmark.machine import machine
-from gpuknn.benchmark.measure import interleaved
+from gpuknn.benchmark.measure import interleaved, timer
 from gpuknn.benchmark.server_memory import free_port
 from gpuknn.datasets.synthetic import covtype_like
 
@@ -204,19 +204,11 @@ def in_process_peers(model: KNNModel, base: np.ndarray, labels: np.ndarray, quer
                  "sklearn": lambda b=batch: sklearn.predict(b)}
         for call in calls.values():  # warm-up
             call()
-        samples = interleaved({name: _timer(call) for name, call in calls.items()},
+        samples = interleaved({name: timer(call) for name, call in calls.items()},
                               repeats, seed=rows)
         for name in calls:
             out[f"{name}_{rows}_ms"] = min(samples[name]) * 1e3
     return out
-
-
-def _timer(function: Callable[[], Any]) -> Callable[[], float]:
-    def timed() -> float:
-        start = time.perf_counter()
-        function()
-        return time.perf_counter() - start
-    return timed
 
 
 def run(n_model: int, *, single: int, batches: int, seconds: float,

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from gpuknn.benchmark.measure import interleaved
+from gpuknn.benchmark.measure import interleaved, timer
 from gpuknn.datasets.synthetic import N_CLASSES, SEED
 
 
@@ -137,14 +137,7 @@ def _interleaved(variants: dict[str, Callable[[], Any]], repeats: int,
     """Seconds of each variant in ``repeats`` rounds, each round in a shuffled order
     (:func:`gpuknn.benchmark.measure.interleaved`), with 0.2 s before every call so that
     the BLAS threads of the previous call go idle."""
-    def timed(call: Callable[[], Any]) -> Callable[[], float]:
-        def run() -> float:
-            started = time.perf_counter()
-            call()
-            return time.perf_counter() - started
-        return run
-
-    return interleaved({name: timed(call) for name, call in variants.items()}, repeats,
+    return interleaved({name: timer(call) for name, call in variants.items()}, repeats,
                        seed=[SEED, 2], settle_s=0.2)
 
 
